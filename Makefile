@@ -1,0 +1,35 @@
+# Nemotron 3 Nano post-training recipe. Every target uses .venv and creates it first if needed.
+#   make setup                  create .venv and install (a second run does nothing)
+#   make test                   run the CPU test suite (GPU-only tests are skipped without a GPU)
+#   make tokenizer              regenerate the embedded tokenizer (byte-identical to the committed one)
+#   make lineage EXP=<name>     show the lineage chain of runs/<name>; make verify EXP=<name> re-hashes it
+# Common variables: EXP=<name> (default demo), ARGS="key=value ...", CONFIG=<yaml>.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+EXP ?= demo
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup test tokenizer lineage verify clean
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/cpu.lock scripts/setup.sh
+	VENV=$(VENV) bash scripts/setup.sh
+	touch $(STAMP)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+tokenizer: $(STAMP)
+	$(PY) -m chat_template.build_tokenizer
+
+lineage: $(STAMP)
+	$(PY) -m stages.lineage show runs/$(EXP)
+
+verify: $(STAMP)
+	$(PY) -m stages.lineage verify runs/$(EXP)
+
+clean:
+	rm -rf runs/$(EXP)
