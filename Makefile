@@ -33,3 +33,8 @@ verify: $(STAMP)
 
 clean:
 	rm -rf runs/$(EXP)
+
+.PHONY: sft
+CONFIG_sft ?= configs/sft.yaml
+sft: $(STAMP)
+	$(PY) -m stages.sft --config $(or $(CONFIG),$(CONFIG_sft)) exp=$(EXP) $(ARGS)

@@ -172,28 +172,22 @@ def load_training_state(ckpt: Path, *, optimizer=None, scheduler=None) -> dict:
 def load_weights(model, ckpt: Path) -> None:
     """Load a checkpoint's weights into an already-built model (plain HF or peft LoRA).
 
-    Strict except for tied weights, which save_pretrained stores once.
+    Plain models go through `from_pretrained`, because transformers may store weights under the
+    architecture's original checkpoint names (Nemotron-H saves `backbone.*`) and converts on load.
     """
-    from safetensors.torch import load_file
-
     from common.models import is_lora
 
     ckpt = Path(ckpt)
     if is_lora(model):
         from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
 
         set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
         return
-    files = sorted(ckpt.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{ckpt}: no .safetensors weights")
-    state: dict = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    result = model.load_state_dict(state, strict=False)
-    tied = {k for k, v in model.state_dict().items()
-            if any(v.data_ptr() == w.data_ptr() for n, w in model.state_dict().items() if n in state)}
-    missing = set(result.missing_keys) - tied
-    if missing or result.unexpected_keys:
-        raise RuntimeError(f"{ckpt}: checkpoint does not match the model "
-                           f"(missing {sorted(missing)[:5]}, unexpected {sorted(result.unexpected_keys)[:5]})")
+    from transformers import AutoModelForCausalLM
+
+    source = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=next(model.parameters()).dtype)
+    try:
+        model.load_state_dict(source.state_dict(), strict=True)
+    except RuntimeError as e:
+        raise RuntimeError(f"{ckpt}: checkpoint does not match the model ({str(e).splitlines()[0]})") from None
