@@ -34,7 +34,10 @@ verify: $(STAMP)
 clean:
 	rm -rf runs/$(EXP)
 
+# NPROC=N: N data-parallel processes (torchrun, FSDP2; gloo on CPU, NCCL on GPU).
+NPROC ?= 1
+LAUNCH = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC))
+
 .PHONY: sft
-CONFIG_sft ?= configs/sft.yaml
 sft: $(STAMP)
-	$(PY) -m stages.sft --config $(or $(CONFIG),$(CONFIG_sft)) exp=$(EXP) $(ARGS)
+	$(LAUNCH) -m stages.sft --config $(or $(CONFIG),configs/sft.yaml) exp=$(EXP) $(ARGS)

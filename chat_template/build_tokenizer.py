@@ -17,11 +17,9 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "tokenizer"
 VOCAB_SIZE = 2048
 
-# Chat-control tokens: special (skipped by decode(skip_special_tokens=True)).
-CONTROL_TOKENS = ["<pad>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-# Structure tokens: single ids, but kept in decoded text so that parsers can see them.
-STRUCTURE_TOKENS = ["<think>", "</think>", "<tool_call>", "</tool_call>",
-                    "<tool_response>", "</tool_response>"]
+# Chat-control tokens are special (skipped by decode(skip_special_tokens=True)); structure tokens
+# are single ids but kept in decoded text so that parsers can see them.
+from chat_template import CONTROL_TOKENS, STRUCTURE_TOKENS, TEMPLATE_PATH  # noqa: E402
 
 WORDS = """the a an of to and in is it that for on with as was at by be this are from or have not
 but what all were when we there can your which their said if will each about how up out them then
@@ -133,7 +131,7 @@ def build(out: Path = DEFAULT_OUT) -> Path:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<|endoftext|>", eos_token="<|im_end|>",
         unk_token=None, model_max_length=32768, clean_up_tokenization_spaces=False)
-    fast.chat_template = (HERE / "template.jinja").read_text()
+    fast.chat_template = TEMPLATE_PATH.read_text()
     out.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(out))
     return out

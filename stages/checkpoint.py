@@ -78,9 +78,12 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def save_pretrained(model, tokenizer, out: Path) -> None:
-    """HF-format weights (safetensors) + tokenizer + chat template + generation config."""
-    model.save_pretrained(str(out), safe_serialization=True)
+def save_pretrained(model, tokenizer, out: Path, state_dict: dict | None = None) -> None:
+    """HF-format weights (safetensors) + tokenizer + chat template + generation config.
+
+    `state_dict`: the full weights when `model` is sharded (gathered by the caller).
+    """
+    model.save_pretrained(str(out), safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
 
@@ -100,13 +103,18 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(root: Path, step: int, model, tokenizer, *, optimizer=None, scheduler=None,
-                    trainer_state: dict | None = None, keep_last: int = 2) -> Path:
-    """Write checkpoints/step_<step> atomically, then drop all but the newest `keep_last`."""
+def save_checkpoint(root: Path, step: int, model, tokenizer, *, optimizer_state: dict | None = None,
+                    scheduler=None, trainer_state: dict | None = None, keep_last: int = 2,
+                    model_state: dict | None = None) -> Path:
+    """Write checkpoints/step_<step> atomically, then drop all but the newest `keep_last`.
+
+    `optimizer_state` is saved as given (common.distributed.full_optimizer_state: parameter-name
+    keyed, so it resumes under any world size).
+    """
     final = Path(root) / f"step_{step}"
     with atomic_dir(final) as tmp:
-        save_pretrained(model, tokenizer, tmp)
-        opt_state = {"optimizer": optimizer.state_dict() if optimizer is not None else None,
+        save_pretrained(model, tokenizer, tmp, state_dict=model_state)
+        opt_state = {"optimizer": optimizer_state,
                      "scheduler": scheduler.state_dict() if scheduler is not None else None}
         torch.save(opt_state, tmp / "optimizer.pt")
         torch.save(capture_rng(), tmp / "rng.pt")
@@ -154,19 +162,18 @@ def prune_checkpoints(root: Path, keep_last: int) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def load_training_state(ckpt: Path, *, optimizer=None, scheduler=None) -> dict:
-    """Restore optimizer, scheduler and RNG from a checkpoint; return its trainer_state.json.
+def load_training_state(ckpt: Path, *, scheduler=None) -> tuple[dict, dict | None]:
+    """Restore scheduler and RNG from a checkpoint; return (trainer_state.json, optimizer state).
 
-    The weights themselves are loaded by the stage with from_pretrained(ckpt) (plain HF format).
+    The caller applies the optimizer state (common.distributed.load_optimizer_state) and loads the
+    weights with load_weights (plain HF format).
     """
     ckpt = Path(ckpt)
     opt_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False)
-    if optimizer is not None and opt_state["optimizer"] is not None:
-        optimizer.load_state_dict(opt_state["optimizer"])
     if scheduler is not None and opt_state["scheduler"] is not None:
         scheduler.load_state_dict(opt_state["scheduler"])
     restore_rng(torch.load(ckpt / "rng.pt", map_location="cpu", weights_only=False))
-    return json.loads((ckpt / STATE_FILE).read_text())
+    return json.loads((ckpt / STATE_FILE).read_text()), opt_state["optimizer"]
 
 
 def load_weights(model, ckpt: Path) -> None:

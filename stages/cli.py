@@ -3,6 +3,7 @@ user errors as one clear line (exit 2) instead of a stack trace from deep inside
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any, Callable
 
@@ -17,7 +18,8 @@ class UserError(Exception):
 
 def main_for(schema: type, default_config: str, body: Callable[[Any], None],
              argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING  # one voice under torchrun
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     try:
         cfg = load_config(schema, *parse_cli(argv, default_config))

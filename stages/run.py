@@ -149,10 +149,14 @@ class StageRun:
                                     keep_last=self.cfg.checkpoint.keep_last, **state)
 
     # ------------------------------------------------------------------------------- end
-    def finish(self, model, tokenizer, summary: dict, data: list[dict] | None = None) -> dict:
-        """Export model/ (LoRA merged) atomically, hash it, and mark the lineage finished."""
+    def finish(self, model, tokenizer, summary: dict, data: list[dict] | None = None,
+               model_state: dict | None = None) -> dict:
+        """Export model/ (LoRA merged) atomically, hash it, and mark the lineage finished.
+
+        `model_state`: full weights gathered by the caller when the model is sharded.
+        """
         with ckpt.atomic_dir(self.model_dir) as tmp:
-            ckpt.save_pretrained(merged_for_export(model), tokenizer, tmp)
+            ckpt.save_pretrained(merged_for_export(model), tokenizer, tmp, state_dict=model_state)
         self.record.update(
             status="finished", finished_at=lineage.now(), metrics=summary, data=data or [],
             model_sha256=lineage.weights_sha256(self.model_dir),

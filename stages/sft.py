@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from common.distributed import Dist, full_model_state, full_optimizer_state, load_optimizer_state
 from common.models import build_model, load_tokenizer, param_counts, resolve_device
 from common.synthetic import BUILTIN
 from sft.batching import Sequence, make_batch, tokenize_rows
@@ -109,17 +110,41 @@ def step_metrics(packs: list[list[Sequence]], batches: list[dict], cfg: SFTConfi
             "pad_fraction": 1 - real / slots, "masked_fraction": 1 - trained / max(real, 1)}
 
 
-def run(cfg: SFTStageConfig) -> dict:
+def start_run(run_: StageRun, dist: Dist, parent: dict, total_steps: int) -> str | None:
+    """Rank 0 prepares the run dir; every rank learns the resume checkpoint (or rank 0's error)."""
+    outcome = None
+    if dist.is_main:
+        try:
+            run_.start(parent=parent, total_steps=total_steps)
+            outcome = ("ok", str(run_.resume_from) if run_.resume_from else None)
+        except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+            outcome = ("error", e)
+    outcome = dist.broadcast(outcome)
+    if outcome[0] == "error":
+        raise outcome[1]
+    return outcome[1]
+
+
+def run(cfg: SFTStageConfig) -> dict | None:
     s = cfg.sft
     # ---------------------------------------------------------------- setup
-    device = resolve_device(cfg.model.device)
+    dist = Dist.from_env()
+    device = dist.device(resolve_device(cfg.model.device))
+    if dist.active and cfg.model.lora.enabled:
+        raise UserError("model.lora.enabled with more than one process is not supported yet; use one process")
+    if s.packs_per_step % dist.world:
+        raise UserError(f"sft.packs_per_step={s.packs_per_step} must be a multiple of the {dist.world} processes")
     tok = load_tokenizer(cfg.model)
     model = build_model(cfg.model, tok, device)
     parent = base_model_ref(cfg.model, model)
     mode = isolation_mode(s.attention_isolation, model)
-    log.info("model %s on %s; attention isolation: %s%s", param_counts(model), device, mode,
+    log.info("model %s on %s x%d; attention isolation: %s%s", param_counts(model), device, dist.world, mode,
              " (one conversation per row: Mamba layers have no sequence-aware scan here)" if mode == "rows" else "")
     data_dir = Path(cfg.runs_dir) / cfg.exp / "data"
+    if dist.is_main:  # generate built-in data once, before the other ranks read it
+        for src in s.data.sources:
+            materialize_builtin(src.path, data_dir, cfg.seed)
+    dist.barrier()
     sources = [replace(src, path=materialize_builtin(src.path, data_dir, cfg.seed)) for src in s.data.sources]
     try:
         data = load_mixture(replace(s.data, sources=sources), cfg.seed)
@@ -134,17 +159,22 @@ def run(cfg: SFTStageConfig) -> dict:
     log.info("data: %d train rows -> %d sequences, %d val sequences, %d malformed skipped, augment %s",
              len(data.train), len(train_seqs), len(val_seqs), data.skipped + aug["skipped"], aug)
 
-    run_ = StageRun("sft", cfg).start(parent=parent, total_steps=s.max_steps)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay)
+    run_ = StageRun("sft", cfg)
+    resume_from = start_run(run_, dist, parent, s.max_steps)
+    if resume_from:
+        ckpt.load_weights(model, Path(resume_from))  # before sharding: a plain HF model
+    model = dist.shard(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr,
+                                  betas=tuple(s.betas), weight_decay=s.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_multiplier(i, s))
     step = 0
-    if run_.resume_from:
-        ckpt.load_weights(model, run_.resume_from)
-        state = ckpt.load_training_state(run_.resume_from, optimizer=optimizer, scheduler=scheduler)
+    if resume_from:
+        state, opt_state = ckpt.load_training_state(Path(resume_from), scheduler=scheduler)
+        load_optimizer_state(model, optimizer, opt_state)
         step = state["step"]
         stream.restore(state["data"])
     model.train()
+    reduce_sum = dist.reduce_sum if dist.active else None
 
     # ---------------------------------------------------------------- train loop
     val_loss = None
@@ -153,9 +183,10 @@ def run(cfg: SFTStageConfig) -> dict:
         while step < s.max_steps:
             t0 = time.perf_counter()
             packs = stream.take(s.packs_per_step)
-            batches = micro_batches(packs, s, mode, tok.pad_token_id)
+            batches = micro_batches(packs[dist.rank::dist.world], s, mode, tok.pad_token_id)
             t1 = time.perf_counter()
-            out = train_step(model, batches, optimizer, scheduler, grad_clip=s.grad_clip, device=device)
+            out = train_step(model, batches, optimizer, scheduler, grad_clip=s.grad_clip, device=device,
+                             reduce_sum=reduce_sum)
             t2 = time.perf_counter()
             step += 1
             metrics = {**out, "lr": scheduler.get_last_lr()[0], **step_metrics(packs, batches, s),
@@ -163,24 +194,40 @@ def run(cfg: SFTStageConfig) -> dict:
             metrics["tokens_per_s"] = metrics["real_tokens"] / (t2 - t0)
             if val_batches and (step % s.val_every == 0 or step == s.max_steps):
                 val_loss = metrics["val_loss"] = validation_loss(model, val_batches, device)
-            run_.log(step, metrics)
+            if dist.is_main:
+                run_.log(step, metrics)
             if run_.should_checkpoint(step) and step < s.max_steps:
-                run_.save_checkpoint(step, model, tok, optimizer=optimizer, scheduler=scheduler,
-                                     trainer_state={"data": stream.state()})
+                save_state(run_, dist, step, model, tok, optimizer, scheduler, stream)
     except BaseException as e:
-        run_.fail(e)
+        if dist.is_main:
+            run_.fail(e)
         raise
 
     # ---------------------------------------------------------------- save + cleanup
-    first_loss = read_metrics(run_.metrics_path)[0]["loss"] if step else None
-    summary = {"steps": step, "final_loss": metrics.get("loss"), "first_loss": first_loss,
-               "val_loss": val_loss, "packing_efficiency": stream.stats.get("packing_efficiency_epoch"),
-               "dropped_too_long": stream.stats.get("dropped_too_long"), "attention_isolation": mode,
-               "malformed_skipped": data.skipped + aug["skipped"]}
-    sources = [data_record(p["source"], p["rows"], Path(p["source"])) for p in data.per_source]
-    record = run_.finish(model, tok, summary, sources)
-    log.info("sft finished: %s", json.dumps(summary))
+    final_state = full_model_state(model) if dist.active else None
+    record = None
+    if dist.is_main:
+        first_loss = read_metrics(run_.metrics_path)[0]["loss"] if step else None
+        summary = {"steps": step, "final_loss": metrics.get("loss"), "first_loss": first_loss,
+                   "val_loss": val_loss, "packing_efficiency": stream.stats.get("packing_efficiency_epoch"),
+                   "dropped_too_long": stream.stats.get("dropped_too_long"), "attention_isolation": mode,
+                   "malformed_skipped": data.skipped + aug["skipped"], "world_size": dist.world}
+        sources = [data_record(p["source"], p["rows"], Path(p["source"])) for p in data.per_source]
+        record = run_.finish(model, tok, summary, sources, model_state=final_state)
+        log.info("sft finished: %s", json.dumps(summary))
+    dist.barrier()
+    dist.shutdown()
     return record
+
+
+def save_state(run_: StageRun, dist: Dist, step: int, model, tok, optimizer, scheduler, stream) -> None:
+    """Gather (collective under FSDP) and let rank 0 write the checkpoint."""
+    model_state = full_model_state(model) if dist.active else None
+    optim_state = full_optimizer_state(model, optimizer)
+    if dist.is_main:
+        run_.save_checkpoint(step, model, tok, optimizer_state=optim_state, scheduler=scheduler,
+                             model_state=model_state, trainer_state={"data": stream.state()})
+    dist.barrier()
 
 
 def main(argv: list[str] | None = None) -> int:

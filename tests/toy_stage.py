@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from common.distributed import full_optimizer_state, load_optimizer_state
 from common.models import build_model, load_tokenizer
 from stages.checkpoint import load_training_state, load_weights
 from stages.run import StageRun, base_model_ref
@@ -47,7 +48,8 @@ def run_toy(cfg: ToyConfig, stage: str = "sft", parent: dict | None = None,
     step = 0
     if run.resume_from:
         load_weights(model, run.resume_from)
-        state = load_training_state(run.resume_from, optimizer=opt, scheduler=sched)
+        state, opt_state = load_training_state(run.resume_from, scheduler=sched)
+        load_optimizer_state(model, opt, opt_state)
         step = state["step"]
         gen.set_state(torch.tensor(state["data"]["gen_state"], dtype=torch.uint8))
     try:
@@ -59,7 +61,7 @@ def run_toy(cfg: ToyConfig, stage: str = "sft", parent: dict | None = None,
             step += 1
             run.log(step, {"loss": loss.item(), "lr": sched.get_last_lr()[0]})
             if run.should_checkpoint(step):
-                run.save_checkpoint(step, model, tok, optimizer=opt, scheduler=sched,
+                run.save_checkpoint(step, model, tok, optimizer_state=full_optimizer_state(model, opt), scheduler=sched,
                                     trainer_state={"data": {"gen_state": gen.get_state().tolist()}})
             if step == crash_at_step:
                 raise Crash(f"simulated kill after step {step}")

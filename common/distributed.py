@@ -1,0 +1,101 @@
+"""Data-parallel training plumbing shared by the stages: process group, FSDP2 sharding, reductions,
+and world-size-independent state dicts for checkpoints.
+
+Launched by `torchrun --nproc_per_node=N` (env RANK/WORLD_SIZE/LOCAL_RANK) or as N Ray actors that
+set the same variables. With one process every call is a cheap no-op, so stages have one code path.
+Backend: NCCL on CUDA, gloo on CPU (which is how the 2-process test runs).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "Dist":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        d = cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+        if world > 1 and not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            if torch.cuda.is_available():
+                torch.cuda.set_device(d.local_rank)
+            dist.init_process_group(backend)
+        return d
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def device(self, requested: torch.device) -> torch.device:
+        return torch.device("cuda", self.local_rank) if requested.type == "cuda" else requested
+
+    def shard(self, model):
+        """FSDP2 (`fully_shard`) per transformer block, then the root; identity with one process."""
+        if not self.active:
+            return model
+        from torch.distributed.fsdp import fully_shard
+
+        block_names = set(getattr(model, "_no_split_modules", None) or [])
+        blocks = [m for m in model.modules() if type(m).__name__ in block_names]
+        if not blocks:
+            raise ValueError(f"{type(model).__name__}: no `_no_split_modules` blocks to shard with FSDP2")
+        for block in blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+
+    def reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return t
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def broadcast(self, obj):
+        """rank 0's value of a picklable object, on every rank."""
+        if not self.active:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def shutdown(self) -> None:
+        if self.active and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_model_state(model) -> dict:
+    """Unsharded weights (on rank 0; empty elsewhere when sharded). Collective under FSDP."""
+    return get_model_state_dict(model, options=_FULL)
+
+
+def full_optimizer_state(model, optimizer) -> dict:
+    """Optimizer state keyed by parameter names, unsharded: resumable under any world size."""
+    return get_optimizer_state_dict(model, optimizer, options=_FULL)
+
+
+def load_optimizer_state(model, optimizer, state: dict) -> None:
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
+                             options=StateDictOptions(full_state_dict=True))
