@@ -41,3 +41,7 @@ LAUNCH = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --npr
 .PHONY: sft
 sft: $(STAMP)
 	$(LAUNCH) -m stages.sft --config $(or $(CONFIG),configs/sft.yaml) exp=$(EXP) $(ARGS)
+
+.PHONY: rlvr
+rlvr: $(STAMP)
+	$(PY) -m stages.rlvr --config $(or $(CONFIG),configs/rlvr.yaml) exp=$(EXP) $(ARGS)

@@ -22,7 +22,7 @@ WEATHER_TOOL = {"type": "function", "function": {
 CITIES = ["Paris", "Rome", "Oslo", "Lima", "Cairo", "Tokyo", "Quito", "Delhi"]
 
 
-def arithmetic(rng: random.Random, max_operand: int = 20) -> tuple[str, str, str]:
+def arithmetic(rng: random.Random, max_operand: int = 9) -> tuple[str, str, str]:
     """(question, reasoning, answer) for a one-step integer problem."""
     a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
     op = rng.choice(["+", "-", "*"])
@@ -31,7 +31,7 @@ def arithmetic(rng: random.Random, max_operand: int = 20) -> tuple[str, str, str
     return q, f"{a} {op} {b} = {val}", str(val)
 
 
-def word_problem(rng: random.Random, max_operand: int = 20) -> tuple[str, str, str]:
+def word_problem(rng: random.Random, max_operand: int = 9) -> tuple[str, str, str]:
     n, item = rng.choice(NAMES), rng.choice(ITEMS)
     a, b = rng.randint(1, max_operand), rng.randint(1, max_operand)
     if rng.random() < 0.5:
@@ -71,10 +71,34 @@ def _tool_row(rng: random.Random) -> dict:
 
 
 def sft_rows(n: int, seed: int = 0) -> list[dict]:
-    """The default SFT mix: 70% math with reasoning, 15% reasoning-off chat, 15% tool calls."""
+    """The default SFT mix: 85% math with reasoning, 10% reasoning-off chat, 5% tool calls
+    (tool rows carry a ~250-token tools header, so even 5% is a real share of the tokens)."""
     rng = random.Random(seed)
-    makers = [_math_row] * 14 + [_chat_row] * 3 + [_tool_row] * 3
+    makers = [_math_row] * 17 + [_chat_row] * 2 + [_tool_row] * 1
     return [rng.choice(makers)(rng) for _ in range(n)]
 
 
-BUILTIN = {"sft_default": lambda seed: sft_rows(3000, seed)}
+def math_tasks(n: int, seed: int, exclude: set[str] | None = None) -> list[dict]:
+    """RL tasks for the math environment (grpo.tasks schema); `exclude` drops known questions."""
+    rng, out, seen = random.Random(seed), [], set(exclude or ())
+    while len(out) < n:
+        q, _, ans = math_problem(rng)
+        if q in seen:
+            continue
+        seen.add(q)
+        out.append({"id": f"math-{seed}-{len(out)}", "env": "math",
+                    "messages": [{"role": "user", "content": q}], "answer": ans})
+    return out
+
+
+def _sft_questions(seed: int) -> set[str]:
+    return {r["messages"][0]["content"] for r in sft_rows(3000, seed)}
+
+
+BUILTIN = {
+    "sft_default": lambda seed: sft_rows(3000, seed),
+    "math_train": lambda seed: math_tasks(2000, seed + 1),
+    # held out: none of these questions occurs in the SFT data or the RL training tasks
+    "math_heldout": lambda seed: math_tasks(200, seed + 2, exclude=_sft_questions(seed)
+                                            | {t["messages"][0]["content"] for t in math_tasks(2000, seed + 1)}),
+}

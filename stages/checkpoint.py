@@ -104,7 +104,7 @@ def restore_rng(state: dict) -> None:
 
 
 def save_checkpoint(root: Path, step: int, model, tokenizer, *, optimizer_state: dict | None = None,
-                    scheduler=None, trainer_state: dict | None = None, keep_last: int = 2,
+                    scheduler_state: dict | None = None, trainer_state: dict | None = None, keep_last: int = 2,
                     model_state: dict | None = None) -> Path:
     """Write checkpoints/step_<step> atomically, then drop all but the newest `keep_last`.
 
@@ -114,8 +114,7 @@ def save_checkpoint(root: Path, step: int, model, tokenizer, *, optimizer_state:
     final = Path(root) / f"step_{step}"
     with atomic_dir(final) as tmp:
         save_pretrained(model, tokenizer, tmp, state_dict=model_state)
-        opt_state = {"optimizer": optimizer_state,
-                     "scheduler": scheduler.state_dict() if scheduler is not None else None}
+        opt_state = {"optimizer": optimizer_state, "scheduler": scheduler_state}
         torch.save(opt_state, tmp / "optimizer.pt")
         torch.save(capture_rng(), tmp / "rng.pt")
         # Written last: a step dir without it was never complete (defence in depth beside the rename).
@@ -162,18 +161,16 @@ def prune_checkpoints(root: Path, keep_last: int) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def load_training_state(ckpt: Path, *, scheduler=None) -> tuple[dict, dict | None]:
-    """Restore scheduler and RNG from a checkpoint; return (trainer_state.json, optimizer state).
+def load_training_state(ckpt: Path) -> tuple[dict, dict | None, dict | None]:
+    """Restore the RNG from a checkpoint; return (trainer_state.json, optimizer state, scheduler state).
 
-    The caller applies the optimizer state (common.distributed.load_optimizer_state) and loads the
-    weights with load_weights (plain HF format).
+    The caller applies the optimizer state (common.distributed.load_optimizer_state), the scheduler
+    state, and loads the weights with load_weights (plain HF format).
     """
     ckpt = Path(ckpt)
     opt_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False)
-    if scheduler is not None and opt_state["scheduler"] is not None:
-        scheduler.load_state_dict(opt_state["scheduler"])
     restore_rng(torch.load(ckpt / "rng.pt", map_location="cpu", weights_only=False))
-    return json.loads((ckpt / STATE_FILE).read_text()), opt_state["optimizer"]
+    return json.loads((ckpt / STATE_FILE).read_text()), opt_state["optimizer"], opt_state["scheduler"]
 
 
 def load_weights(model, ckpt: Path) -> None:

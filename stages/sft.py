@@ -169,8 +169,9 @@ def run(cfg: SFTStageConfig) -> dict | None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_multiplier(i, s))
     step = 0
     if resume_from:
-        state, opt_state = ckpt.load_training_state(Path(resume_from), scheduler=scheduler)
+        state, opt_state, sched_state = ckpt.load_training_state(Path(resume_from))
         load_optimizer_state(model, optimizer, opt_state)
+        scheduler.load_state_dict(sched_state)
         step = state["step"]
         stream.restore(state["data"])
     model.train()
@@ -225,7 +226,7 @@ def save_state(run_: StageRun, dist: Dist, step: int, model, tok, optimizer, sch
     model_state = full_model_state(model) if dist.active else None
     optim_state = full_optimizer_state(model, optimizer)
     if dist.is_main:
-        run_.save_checkpoint(step, model, tok, optimizer_state=optim_state, scheduler=scheduler,
+        run_.save_checkpoint(step, model, tok, optimizer_state=optim_state, scheduler_state=scheduler.state_dict(),
                              model_state=model_state, trainer_state={"data": stream.state()})
     dist.barrier()
 

@@ -48,8 +48,9 @@ def run_toy(cfg: ToyConfig, stage: str = "sft", parent: dict | None = None,
     step = 0
     if run.resume_from:
         load_weights(model, run.resume_from)
-        state, opt_state = load_training_state(run.resume_from, scheduler=sched)
+        state, opt_state, sched_state = load_training_state(run.resume_from)
         load_optimizer_state(model, opt, opt_state)
+        sched.load_state_dict(sched_state)
         step = state["step"]
         gen.set_state(torch.tensor(state["data"]["gen_state"], dtype=torch.uint8))
     try:
@@ -61,7 +62,8 @@ def run_toy(cfg: ToyConfig, stage: str = "sft", parent: dict | None = None,
             step += 1
             run.log(step, {"loss": loss.item(), "lr": sched.get_last_lr()[0]})
             if run.should_checkpoint(step):
-                run.save_checkpoint(step, model, tok, optimizer_state=full_optimizer_state(model, opt), scheduler=sched,
+                run.save_checkpoint(step, model, tok, optimizer_state=full_optimizer_state(model, opt),
+                                    scheduler_state=sched.state_dict(),
                                     trainer_state={"data": {"gen_state": gen.get_state().tolist()}})
             if step == crash_at_step:
                 raise Crash(f"simulated kill after step {step}")

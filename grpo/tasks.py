@@ -1,0 +1,107 @@
+"""RL tasks: one JSONL schema for every environment, and a sampler that keeps fixed domain ratios.
+
+Task row (one JSON object per line):
+    {"id": "math-17", "env": "math",
+     "messages": [{"role": "user", "content": "What is 3 + 4?"}],   # or "prompt": "What is 3 + 4?"
+     "answer": "7",                                                 # verifier metadata, per env
+     "tools": [...], "enable_thinking": true}                       # optional
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chat_template.conversation import ConversationError, normalize
+
+
+class TaskError(ValueError):
+    """A bad task file or row; the message names the file, line and field."""
+
+
+def load_tasks(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise TaskError(f"{path}: no such task file")
+    tasks = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TaskError(f"{where}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("env"), str):
+                raise TaskError(f"{where}: env: missing (each task names its environment)")
+            if "messages" not in row:
+                if not isinstance(row.get("prompt"), str):
+                    raise TaskError(f"{where}: messages: missing (give `messages` or a `prompt` string)")
+                row["messages"] = [{"role": "user", "content": row["prompt"]}]
+            try:
+                row["messages"], row["tools"] = normalize(row["messages"], row.get("tools"))
+            except ConversationError as e:
+                raise TaskError(f"{where}: {e}") from None
+            row.setdefault("id", f"{path.stem}-{n}")
+            tasks.append(row)
+    if not tasks:
+        raise TaskError(f"{path}: no tasks")
+    return tasks
+
+
+def split_counts(ratios: dict[str, float], total: int) -> dict[str, int]:
+    """Integer counts proportional to `ratios` summing to `total` (largest remainder)."""
+    s = sum(ratios.values())
+    exact = {k: v / s * total for k, v in ratios.items()}
+    counts = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: (counts[k] - exact[k], k))[: total - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+@dataclass
+class TaskSampler:
+    """Every batch holds each environment's fixed share; within an environment, tasks come in a
+    seeded permutation per epoch. `state()` is the exact data position for resume."""
+
+    by_env: dict[str, list[dict]]
+    ratios: dict[str, float]
+    seed: int = 0
+    position: dict[str, list[int]] = field(default_factory=dict)  # env -> [epoch, index]
+
+    def __post_init__(self):
+        missing = [e for e in self.ratios if e not in self.by_env]
+        if missing:
+            raise TaskError(f"grpo.env_ratios names {missing} but the task files hold {sorted(self.by_env)}")
+        for env in self.ratios:
+            self.position.setdefault(env, [0, 0])
+
+    def _order(self, env: str, epoch: int) -> list[int]:
+        order = list(range(len(self.by_env[env])))
+        random.Random(f"{self.seed}-{env}-{epoch}").shuffle(order)
+        return order
+
+    def sample(self, n: int) -> list[dict]:
+        out = []
+        for env, count in split_counts(self.ratios, n).items():
+            for _ in range(count):
+                epoch, idx = self.position[env]
+                order = self._order(env, epoch)
+                out.append(self.by_env[env][order[idx]])
+                self.position[env] = [epoch + 1, 0] if idx + 1 >= len(order) else [epoch, idx + 1]
+        return out
+
+    def state(self) -> dict:
+        return {k: list(v) for k, v in self.position.items()}
+
+    def restore(self, state: dict) -> None:
+        self.position = {k: list(v) for k, v in state.items()}
+
+
+def group_by_env(tasks: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for t in tasks:
+        out.setdefault(t["env"], []).append(t)
+    return out

@@ -1,0 +1,313 @@
+"""The synchronous GRPO loop shared by the RL stages (rlvr, genrm, rlhf).
+
+Ray topology (all on one machine by default, or on the cluster at $RAY_ADDRESS):
+  rollout workers  N actors, each owning a vLLM engine (or HF generate), serving the policy
+  policy trainer   1 actor owning the weights and the optimizer
+  reference policy 1 actor, only when grpo.loss.kl_coef > 0
+  environments     1 actor scoring batches (verifiers, judges)
+
+One step = sample prompts (fixed env ratios) -> generate G responses each -> score -> advantages
+-> trainer (and reference) log-probs -> policy update -> refit the rollout engines.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from chat_template.render import prompt_ids
+from common import ray_utils
+from common.models import load_tokenizer
+from common.synthetic import BUILTIN
+from grpo.algorithm import PolicyLossConfig, group_advantages, zero_variance_groups
+from grpo.envs import EnvPool
+from grpo.rollout import SamplingConfig, backend_class
+from grpo.tasks import TaskError, TaskSampler, group_by_env, load_tasks
+from grpo.trainer import OptimConfig, PolicyTrainer, build_batch
+from stages import checkpoint as ckpt
+from stages.cli import UserError
+from stages.lineage import data_record, resolve_parent
+from stages.metrics import read_metrics
+from stages.run import StageRun
+
+log = logging.getLogger("stages.grpo")
+
+
+@dataclass
+class RolloutSettings:
+    backend: str = "vllm"  # vllm | hf (explicit: a missing vLLM is an error, not a fallback)
+    workers: int = 1
+    max_model_len: int = 2048
+    gpus_per_worker: float = 0.0
+
+
+@dataclass
+class GRPOConfig:
+    max_steps: int = 20
+    prompts_per_step: int = 16  # recipe: 128
+    group_size: int = 8  # recipe: 16
+    advantage: str = "loo"  # loo (recipe) | grpo
+    overlong_filtering: bool = True  # truncated responses get no loss
+    dynamic_sampling: bool = False  # replace zero-variance groups with fresh prompts...
+    max_resample_rounds: int = 2  # ...at most this many extra generation rounds per step
+    enable_thinking: bool = True
+    env_ratios: dict[str, float] = field(default_factory=lambda: {"math": 1.0})
+    train_tasks: list[str] = field(default_factory=lambda: ["builtin:math_train"])
+    val_tasks: list[str] = field(default_factory=lambda: ["builtin:math_heldout"])
+    val_every: int = 10
+    val_size: int = 64
+    val_max_new_tokens: int = 64
+    score_timeout_s: float = 10.0
+    ray_address: Optional[str] = None
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
+
+
+class PhaseTimer:
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        yield
+        self.times[f"time/{name}_s"] = self.times.get(f"time/{name}_s", 0.0) + time.perf_counter() - t
+
+
+def resolve_task_file(path: str, data_dir: Path, seed: int) -> str:
+    if not path.startswith("builtin:"):
+        return path
+    name = path.split(":", 1)[1]
+    if name not in BUILTIN:
+        raise UserError(f"grpo: unknown built-in task set {path!r} (have {sorted(BUILTIN)})")
+    out = data_dir / f"{name}.jsonl"
+    if not out.is_file():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.write_text_atomic(out, "".join(json.dumps(r) + "\n" for r in BUILTIN[name](seed)))
+    return str(out)
+
+
+@dataclass
+class GRPORun:
+    cfg: object
+    g: GRPOConfig
+    tok: object
+    trainer: object
+    reference: object | None
+    workers: list
+    envs: object
+    sampler: TaskSampler
+    val_tasks: list[dict]
+    files: list[str]  # task files, for the lineage record
+
+    # ------------------------------------------------------------------ phases
+    def prompts(self, tasks: list[dict]) -> list[list[int]]:
+        return [prompt_ids(self.tok, t["messages"], t.get("tools"),
+                           enable_thinking=t.get("enable_thinking", self.g.enable_thinking)) for t in tasks]
+
+    def generate(self, tasks: list[dict], n: int, sampling: SamplingConfig, seed: int) -> list[list]:
+        """Prompts split round-robin over the rollout workers, generated in parallel."""
+        prompts = self.prompts(tasks)
+        k = len(self.workers)
+        parts = ray_utils.get([w.generate.remote(prompts[i::k], n, sampling, seed + i * 100_003)
+                               for i, w in enumerate(self.workers)])
+        groups: list = [None] * len(prompts)
+        for i, part in enumerate(parts):
+            groups[i::k] = part
+        return groups
+
+    def score(self, tasks: list[dict], groups: list[list]) -> tuple[torch.Tensor, list]:
+        items = [(t, self.tok.decode(s.response_ids, skip_special_tokens=False)) for t, g in zip(tasks, groups) for s in g]
+        scores = ray_utils.get(self.envs.score.remote(items))
+        for (t, _), s in zip(items, scores):
+            if s.reason.startswith(("error", "timeout")):
+                log.warning("env %s task %s: %s (reward 0)", t.get("env"), t.get("id"), s.reason)
+        rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32).view(len(groups), -1)
+        return rewards, scores
+
+    def refit(self) -> None:
+        weights = self.trainer.state_dict.remote()  # an object ref: goes trainer -> workers directly
+        ray_utils.get([w.update_weights.remote(weights) for w in self.workers])
+
+
+def collect(run: GRPORun, step: int, timer: PhaseTimer):
+    """Sample prompts and their groups; with dynamic sampling, swap zero-variance groups for fresh ones."""
+    g = run.g
+    tasks = run.sampler.sample(g.prompts_per_step)
+    with timer("generate"):
+        groups = run.generate(tasks, g.group_size, g.sampling, seed=step * 1_000_003)
+    with timer("score"):
+        rewards, scores = run.score(tasks, groups)
+    rounds = 0
+    while g.dynamic_sampling and rounds < g.max_resample_rounds and zero_variance_groups(rewards).any():
+        rounds += 1
+        dead = zero_variance_groups(rewards).nonzero().flatten().tolist()
+        extra = run.sampler.sample(len(dead))
+        with timer("generate"):
+            new = run.generate(extra, g.group_size, g.sampling, seed=step * 1_000_003 + rounds * 7919)
+        with timer("score"):
+            new_r, new_s = run.score(extra, new)
+        for j, i in enumerate(dead):
+            tasks[i], groups[i], rewards[i] = extra[j], new[j], new_r[j]
+            scores[i * g.group_size:(i + 1) * g.group_size] = new_s[j * g.group_size:(j + 1) * g.group_size]
+    return tasks, groups, rewards, scores, rounds
+
+
+def grpo_step(run: GRPORun, step: int) -> dict:
+    """One synchronous GRPO step; returns its metrics."""
+    g, timer = run.g, PhaseTimer()
+    tasks, groups, rewards, scores, rounds = collect(run, step, timer)
+    samples = [s for grp in groups for s in grp]
+    with timer("advantages"):
+        adv = group_advantages(rewards, g.advantage)
+        dead = zero_variance_groups(rewards).repeat_interleave(g.group_size)
+        trained = [not d and not (g.overlong_filtering and s.truncated) for d, s in zip(dead.tolist(), samples)]
+        batch = build_batch(samples, adv.flatten().tolist(), trained, run.tok.pad_token_id)
+    with timer("logprobs"):
+        old = run.trainer.logprobs.remote(batch)
+        ref = run.reference.logprobs.remote(batch) if run.reference is not None else None
+        old, ref = ray_utils.get(old), (ray_utils.get(ref) if ref is not None else None)
+    with timer("update"):
+        update = ray_utils.get(run.trainer.update.remote(batch, old, ref))
+    with timer("refit"):
+        run.refit()
+    gen_tokens = sum(len(s.response_ids) for s in samples)
+    tasks_hash = hashlib.sha1(",".join(str(t["id"]) for t in tasks).encode()).hexdigest()[:12]
+    return {**update, **reward_metrics(tasks, rewards, scores, samples), "resample_rounds": rounds,
+            "tasks_hash": tasks_hash,
+            "zero_variance_fraction": float(zero_variance_groups(rewards).float().mean()),
+            "gen_tokens_per_s": gen_tokens / max(timer.times["time/generate_s"], 1e-9), **timer.times,
+            "time/step_s": sum(timer.times.values())}
+
+
+def reward_metrics(tasks: list[dict], rewards: torch.Tensor, scores: list, samples: list) -> dict:
+    m = {"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std(unbiased=False)),
+         "pass_rate": float((rewards.max(dim=-1).values > 0.5).float().mean()),
+         "response_length": sum(len(s.response_ids) for s in samples) / len(samples),
+         "truncated_fraction": sum(s.truncated for s in samples) / len(samples),
+         "score_errors": sum(s.reason.startswith(("error", "timeout")) for s in scores)}
+    for env in sorted({t["env"] for t in tasks}):
+        rows = torch.tensor([t["env"] == env for t in tasks])
+        r = rewards[rows]
+        m[f"reward/{env}/mean"], m[f"reward/{env}/std"] = float(r.mean()), float(r.std(unbiased=False))
+    return m
+
+
+def validate(run: GRPORun) -> dict:
+    """Greedy answers to the held-out tasks, scored by their environments: accuracy per env."""
+    if not run.val_tasks:
+        return {}
+    greedy = SamplingConfig(max_new_tokens=run.g.val_max_new_tokens, temperature=0.0, top_p=1.0)
+    groups = run.generate(run.val_tasks, 1, greedy, seed=0)
+    rewards, _ = run.score(run.val_tasks, groups)
+    out = {"val/response_length": sum(len(g[0].response_ids) for g in groups) / len(groups)}
+    for env in sorted({t["env"] for t in run.val_tasks}):
+        rows = torch.tensor([t["env"] == env for t in run.val_tasks])
+        out[f"val/{env}/accuracy"] = float(rewards[rows].mean())
+    return out
+
+
+# ---------------------------------------------------------------------------------- the stage
+def setup(cfg, model_dir: str, resume_from: str | None) -> GRPORun:
+    g = cfg.grpo
+    tok = load_tokenizer(type(cfg.model)(name_or_path=model_dir))
+    data_dir = Path(cfg.runs_dir) / cfg.exp / "data"
+    try:
+        train = [t for f in g.train_tasks for t in load_tasks(resolve_task_file(f, data_dir, cfg.seed))]
+        val = [t for f in g.val_tasks for t in load_tasks(resolve_task_file(f, data_dir, cfg.seed))][: g.val_size]
+        sampler = TaskSampler(group_by_env(train), dict(g.env_ratios), seed=cfg.seed)
+    except TaskError as e:
+        raise UserError(str(e)) from None
+    files = [resolve_task_file(f, data_dir, cfg.seed) for f in g.train_tasks + g.val_tasks]
+    ray_utils.init_ray(g.ray_address)
+    start_from = resume_from or model_dir
+    backend = backend_class(g.rollout.backend)
+    gpu = g.rollout.gpus_per_worker
+    workers = [ray_utils.actor(backend, start_from, seed=cfg.seed + i, max_model_len=g.rollout.max_model_len,
+                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, num_gpus=gpu)
+               for i in range(g.rollout.workers)]
+    trainer = ray_utils.actor(PolicyTrainer, start_from, g.optim, g.loss, device=cfg.model.device,
+                              dtype=cfg.model.dtype, seed=cfg.seed)
+    reference = (ray_utils.actor(PolicyTrainer, model_dir, g.optim, g.loss, device=cfg.model.device,
+                                 dtype=cfg.model.dtype, trainable=False) if g.loss.kl_coef > 0 else None)
+    envs = ray_utils.actor(EnvPool, sorted(g.env_ratios), g.score_timeout_s)
+    return GRPORun(cfg, g, tok, trainer, reference, workers, envs, sampler, val, files)
+
+
+def save_checkpoint(run_: StageRun, run: GRPORun, step: int, model_dir: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    weights, (opt_state, sched_state) = ray_utils.get([run.trainer.state_dict.remote(),
+                                                       run.trainer.training_state.remote()])
+    export = AutoModelForCausalLM.from_pretrained(model_dir)  # a host copy to write HF format from
+    export.load_state_dict(weights)
+    run_.save_checkpoint(step, export, run.tok, optimizer_state=opt_state, scheduler_state=sched_state,
+                         trainer_state={"data": run.sampler.state()})
+
+
+def run_grpo_stage(cfg, stage: str, parent_stage: str, extra_lineage: dict | None = None) -> dict:
+    """Recipe of an RL stage: parent -> setup actors -> loop -> export + lineage -> shut Ray down."""
+    g = cfg.grpo
+    parent_dir = Path(cfg.parent) if cfg.parent else Path(cfg.runs_dir) / cfg.exp / parent_stage
+    parent = resolve_parent(parent_dir, expect_stage=parent_stage)
+    model_dir = str(parent_dir / "model")
+    run_ = StageRun(stage, cfg).start(parent={**parent, **(extra_lineage or {})}, total_steps=g.max_steps)
+    try:
+        run = setup(cfg, model_dir, str(run_.resume_from) if run_.resume_from else None)
+        step = 0
+        if run_.resume_from:
+            state, opt_state, sched_state = ckpt.load_training_state(run_.resume_from)
+            ray_utils.get(run.trainer.load_training_state.remote(opt_state, sched_state))
+            run.sampler.restore(state["data"])
+            step = state["step"]
+        first_val = validate(run) if step == 0 else {}
+        if first_val:
+            run_.log(0, first_val)
+        val: dict = {}
+        while step < g.max_steps:
+            step += 1
+            metrics = grpo_step(run, step)
+            if step % g.val_every == 0 or step == g.max_steps:
+                val = validate(run)
+                metrics.update(val)
+            run_.log(step, metrics)
+            if run_.should_checkpoint(step) and step < g.max_steps:
+                save_checkpoint(run_, run, step, model_dir)
+        summary = summarize(run_.metrics_path, val)
+        from transformers import AutoModelForCausalLM
+
+        final = AutoModelForCausalLM.from_pretrained(model_dir)
+        final.load_state_dict(ray_utils.get(run.trainer.state_dict.remote()))
+        data = [data_record(f, sum(1 for _ in open(f)), Path(f)) for f in run.files]
+        record = run_.finish(final, run.tok, summary, data)
+        log.info("%s finished: %s", stage, json.dumps(summary))
+        return record
+    except BaseException as e:
+        run_.fail(e)
+        raise
+    finally:
+        ray_utils.shutdown()
+
+
+def summarize(metrics_path: Path, last_val: dict, k: int = 5) -> dict:
+    rows = [r for r in read_metrics(metrics_path) if r["step"] > 0]
+    first_val = next((r for r in read_metrics(metrics_path) if r["step"] == 0), {})
+    rewards = [r["reward/mean"] for r in rows]
+    out = {"steps": len(rows), f"reward_first{k}": sum(rewards[:k]) / max(len(rewards[:k]), 1),
+           f"reward_last{k}": sum(rewards[-k:]) / max(len(rewards[-k:]), 1),
+           "gen_kl_error_mean": sum(r["gen_kl_error"] for r in rows) / max(len(rows), 1),
+           "token_mult_prob_error_mean": sum(r["token_mult_prob_error"] for r in rows) / max(len(rows), 1)}
+    for key, v in last_val.items():
+        out[f"{key}"] = v
+        if key in first_val:
+            out[f"{key}@start"] = first_val[key]
+    return out

