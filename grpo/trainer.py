@@ -30,15 +30,17 @@ class TrainBatch:
     attention_mask: torch.Tensor  # [N, L]
     response_mask: torch.Tensor  # [N, L-1] float: 1 where position t predicts a trained response token
     rollout_logp: torch.Tensor  # [N, L-1] the rollout engine's log-probs at those positions
+    generated_mask: torch.Tensor  # [N, L-1] float: every response token, trained or not (health metrics)
     advantages: torch.Tensor  # [N]
 
 
 def build_batch(samples: list[Sample], advantages: list[float], trained: list[bool], pad_id: int) -> TrainBatch:
-    """Right-padded tensors; `trained[i]=False` (truncated, zero-variance...) leaves sample i unmasked nowhere."""
+    """Right-padded tensors; `trained[i]=False` (truncated, zero-variance...) keeps sample i out of the loss."""
     n, width = len(samples), max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     attn = torch.zeros((n, width), dtype=torch.long)
     mask = torch.zeros((n, width - 1))
+    generated = torch.zeros((n, width - 1))
     rlp = torch.zeros((n, width - 1))
     for i, s in enumerate(samples):
         p, r = len(s.prompt_ids), len(s.response_ids)
@@ -46,9 +48,10 @@ def build_batch(samples: list[Sample], advantages: list[float], trained: list[bo
         attn[i, : p + r] = 1
         if r:
             rlp[i, p - 1: p - 1 + r] = torch.tensor(s.logprobs, dtype=torch.float32)
+            generated[i, p - 1: p - 1 + r] = 1.0
             if trained[i]:
                 mask[i, p - 1: p - 1 + r] = 1.0
-    return TrainBatch(ids, attn, mask, rlp, torch.tensor(advantages, dtype=torch.float32))
+    return TrainBatch(ids, attn, mask, rlp, generated, torch.tensor(advantages, dtype=torch.float32))
 
 
 def _slices(n: int, size: int):
@@ -90,7 +93,7 @@ class PolicyTrainer:
     def update(self, batch: TrainBatch, old_logp: torch.Tensor, ref_logp: torch.Tensor | None = None) -> dict:
         """One optimizer step over the whole batch; loss normalised by its trained-token count."""
         cfg = self.loss_cfg
-        weights, keep = importance_weights(old_logp, batch.rollout_logp, batch.response_mask,
+        weights, keep = importance_weights(old_logp, batch.rollout_logp, batch.generated_mask,
                                            cap=cfg.is_cap, max_seq_error=cfg.max_seq_logprob_error)
         mask = batch.response_mask * keep[:, None]
         n_tokens = float(mask.sum())
@@ -115,9 +118,9 @@ class PolicyTrainer:
         denom = max(n_tokens, 1.0)
         return {"loss": totals["loss_sum"] / denom, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
                 "clip_fraction": totals["clip_count"] / denom, "kl": totals["kl_sum"] / denom,
-                "trained_tokens": n_tokens, "is_weight_mean": float(masked_mean(weights, batch.response_mask)),
+                "trained_tokens": n_tokens, "is_weight_mean": float(masked_mean(weights, batch.generated_mask)),
                 "mismatch_masked_fraction": float(1 - keep.mean()),
-                **logprob_mismatch(old_logp, batch.rollout_logp, batch.response_mask)}
+                **logprob_mismatch(old_logp, batch.rollout_logp, batch.generated_mask)}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}

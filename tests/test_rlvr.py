@@ -106,7 +106,7 @@ def test_rlvr_end_to_end_and_sigkill_resume(sft_parent, tmp_path):
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True)  # the killed run's local Ray
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)  # killed run's Ray
     assert ck.exists()
     again = subprocess.run(_rlvr(tmp_path, "q", 4), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
