@@ -84,7 +84,7 @@ def _code(rng: random.Random) -> str:
         f"def {fn}({arg}):\n    result = 0\n    for v in {arg}:\n        result += v\n    return result\n",
         f"n = int(input())\nprint(n * {rng.randint(2, 9)})\n",
         f"assert {fn}({rng.randint(0, 99)}) == {rng.randint(0, 99)}\n",
-        f"```python\nimport sys\nfor line in sys.stdin:\n    print(line.strip()[::-1])\n```",
+        "```python\nimport sys\nfor line in sys.stdin:\n    print(line.strip()[::-1])\n```",
     ])
 
 

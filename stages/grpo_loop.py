@@ -25,7 +25,6 @@ import torch
 from chat_template.render import prompt_ids
 from common import ray_utils
 from common.models import load_tokenizer
-from common.synthetic import BUILTIN
 from grpo.algorithm import PolicyLossConfig, group_advantages, zero_variance_groups
 from grpo.envs import EnvPool
 from grpo.rollout import SamplingConfig, backend_class
@@ -35,7 +34,7 @@ from stages import checkpoint as ckpt
 from stages.cli import UserError
 from stages.lineage import data_record, resolve_parent
 from stages.metrics import read_metrics
-from stages.run import StageRun
+from stages.run import StageRun, builtin_data
 
 log = logging.getLogger("stages.grpo")
 
@@ -81,19 +80,6 @@ class PhaseTimer:
         t = time.perf_counter()
         yield
         self.times[f"time/{name}_s"] = self.times.get(f"time/{name}_s", 0.0) + time.perf_counter() - t
-
-
-def resolve_task_file(path: str, data_dir: Path, seed: int) -> str:
-    if not path.startswith("builtin:"):
-        return path
-    name = path.split(":", 1)[1]
-    if name not in BUILTIN:
-        raise UserError(f"grpo: unknown built-in task set {path!r} (have {sorted(BUILTIN)})")
-    out = data_dir / f"{name}.jsonl"
-    if not out.is_file():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.write_text_atomic(out, "".join(json.dumps(r) + "\n" for r in BUILTIN[name](seed)))
-    return str(out)
 
 
 @dataclass
@@ -222,12 +208,12 @@ def setup(cfg, model_dir: str, resume_from: str | None) -> GRPORun:
     tok = load_tokenizer(type(cfg.model)(name_or_path=model_dir))
     data_dir = Path(cfg.runs_dir) / cfg.exp / "data"
     try:
-        train = [t for f in g.train_tasks for t in load_tasks(resolve_task_file(f, data_dir, cfg.seed))]
-        val = [t for f in g.val_tasks for t in load_tasks(resolve_task_file(f, data_dir, cfg.seed))][: g.val_size]
+        train = [t for f in g.train_tasks for t in load_tasks(builtin_data(f, data_dir, cfg.seed))]
+        val = [t for f in g.val_tasks for t in load_tasks(builtin_data(f, data_dir, cfg.seed))][: g.val_size]
         sampler = TaskSampler(group_by_env(train), dict(g.env_ratios), seed=cfg.seed)
     except TaskError as e:
         raise UserError(str(e)) from None
-    files = [resolve_task_file(f, data_dir, cfg.seed) for f in g.train_tasks + g.val_tasks]
+    files = [builtin_data(f, data_dir, cfg.seed) for f in g.train_tasks + g.val_tasks]
     ray_utils.init_ray(g.ray_address)
     start_from = resume_from or model_dir
     backend = backend_class(g.rollout.backend)

@@ -10,6 +10,7 @@ is a no-op unless `overwrite=true`.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import shutil
@@ -27,6 +28,24 @@ from stages.config import ConfigError, to_dict, to_yaml
 from stages.metrics import MetricsLogger, truncate_after
 
 log = logging.getLogger(__name__)
+
+
+def builtin_data(path: str, data_dir: Path, seed: int) -> str:
+    """`builtin:<name>` -> a JSONL file generated once under runs/<exp>/data/ (hashable, inspectable);
+    any other path is returned unchanged."""
+    if not path.startswith("builtin:"):
+        return path
+    from common.synthetic import BUILTIN
+    from stages.cli import UserError
+
+    name = path.split(":", 1)[1]
+    if name not in BUILTIN:
+        raise UserError(f"{path}: unknown built-in dataset (have {sorted(BUILTIN)})")
+    out = data_dir / f"{name}.jsonl"
+    if not out.is_file():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.write_text_atomic(out, "".join(json.dumps(r) + "\n" for r in BUILTIN[name](seed)))
+    return str(out)
 
 
 class AlreadyFinished(Exception):

@@ -18,17 +18,15 @@ import torch
 
 from common.distributed import Dist, full_model_state, full_optimizer_state, load_optimizer_state
 from common.models import build_model, load_tokenizer, param_counts, resolve_device
-from common.synthetic import BUILTIN
 from sft.batching import Sequence, make_batch, tokenize_rows
 from sft.data import DataError, load_mixture
 from sft.packing import efficiency, pack
 from sft.trainer import SFTConfig, isolation_mode, lr_multiplier, train_step, validation_loss
 from stages import checkpoint as ckpt
-from stages.checkpoint import write_text_atomic
 from stages.cli import UserError, main_for
 from stages.lineage import data_record
 from stages.metrics import read_metrics
-from stages.run import StageRun, base_model_ref
+from stages.run import StageRun, base_model_ref, builtin_data
 from stages.schema import RunConfig
 
 log = logging.getLogger("stages.sft")
@@ -37,20 +35,6 @@ log = logging.getLogger("stages.sft")
 @dataclass
 class SFTStageConfig(RunConfig):
     sft: SFTConfig = field(default_factory=SFTConfig)
-
-
-def materialize_builtin(path: str, data_dir: Path, seed: int) -> str:
-    """`builtin:<name>` -> a JSONL file generated once under runs/<exp>/data/ (hashable, inspectable)."""
-    if not path.startswith("builtin:"):
-        return path
-    name = path.split(":", 1)[1]
-    if name not in BUILTIN:
-        raise UserError(f"sft.data.sources: unknown built-in dataset {path!r} (have {sorted(BUILTIN)})")
-    out = data_dir / f"{name}.jsonl"
-    if not out.is_file():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out, "".join(json.dumps(r) + "\n" for r in BUILTIN[name](seed)))
-    return str(out)
 
 
 class PackStream:
@@ -143,9 +127,9 @@ def run(cfg: SFTStageConfig) -> dict | None:
     data_dir = Path(cfg.runs_dir) / cfg.exp / "data"
     if dist.is_main:  # generate built-in data once, before the other ranks read it
         for src in s.data.sources:
-            materialize_builtin(src.path, data_dir, cfg.seed)
+            builtin_data(src.path, data_dir, cfg.seed)
     dist.barrier()
-    sources = [replace(src, path=materialize_builtin(src.path, data_dir, cfg.seed)) for src in s.data.sources]
+    sources = [replace(src, path=builtin_data(src.path, data_dir, cfg.seed)) for src in s.data.sources]
     try:
         data = load_mixture(replace(s.data, sources=sources), cfg.seed)
         train_seqs, aug = tokenize_rows(tok, data.train, augment=s.augment, seed=cfg.seed,
