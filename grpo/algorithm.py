@@ -110,6 +110,7 @@ def logprob_mismatch(trainer_logp: torch.Tensor, rollout_logp: torch.Tensor, mas
     token_mult_prob_error: mean over tokens of exp(|trainer - rollout|) (1.0 = perfect agreement).
     """
     d = trainer_logp - rollout_logp
-    return {"gen_kl_error": float(masked_mean(torch.exp(d) - d - 1, mask)),
+    k3 = (torch.exp(d) - d - 1).clamp_min(0)  # >= 0 exactly; float rounding can dip below
+    return {"gen_kl_error": float(masked_mean(k3, mask)),
             "token_mult_prob_error": float(masked_mean(torch.exp(d.abs()), mask)),
             "logprob_abs_error": float(masked_mean(d.abs(), mask))}
