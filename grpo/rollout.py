@@ -84,6 +84,8 @@ class VLLMRollout(RolloutBackend):
 
 
 class HFRollout(RolloutBackend):
+    micro_batch_size = 32  # sequences per log-prob forward pass
+
     def __init__(self, model_dir: str, *, seed: int = 0, device: str = "auto", dtype: str = "auto",
                  eos_token_id: int | None = None, pad_token_id: int = 0, max_model_len: int | None = None):
         from transformers import AutoModelForCausalLM
@@ -115,11 +117,19 @@ class HFRollout(RolloutBackend):
         samples = []
         for i, p in enumerate(flat):
             resp = out[i].tolist()
-            stop = resp.index(self.eos) + 1 if self.eos in resp else len(resp)
-            resp = resp[:stop]
-            full = torch.tensor([p + resp], device=self.device)
-            lp = token_logprobs(self.model(input_ids=full, use_cache=False).logits, full)[0, len(p) - 1:]
-            samples.append(Sample(list(p), resp, lp.tolist(), truncated=self.eos not in resp))
+            resp = resp[: resp.index(self.eos) + 1] if self.eos in resp else resp
+            samples.append(Sample(list(p), resp, [0.0] * len(resp), truncated=self.eos not in resp))
+        # The log-probs of what was sampled, from one right-padded forward per micro-batch.
+        from grpo.trainer import build_batch
+
+        batch = build_batch(samples, [0.0] * len(samples), [True] * len(samples), self.pad)
+        for start in range(0, len(samples), self.micro_batch_size):
+            sl = slice(start, start + self.micro_batch_size)
+            ids = batch.input_ids[sl].to(self.device)
+            out_lp = token_logprobs(self.model(input_ids=ids, attention_mask=batch.attention_mask[sl].to(self.device),
+                                               use_cache=False).logits, ids).cpu()
+            for row, s in zip(range(len(out_lp)), samples[sl]):
+                s.logprobs = out_lp[row][batch.generated_mask[start + row] > 0].tolist()
         return [samples[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     def update_weights(self, state_dict):

@@ -229,24 +229,28 @@ def setup(cfg, model_dir: str, resume_from: str | None) -> GRPORun:
     return GRPORun(cfg, g, tok, trainer, reference, workers, envs, sampler, val, files)
 
 
-def save_checkpoint(run_: StageRun, run: GRPORun, step: int, model_dir: str) -> None:
+def host_policy(run: GRPORun, model_dir: str):
+    """The trainer's current weights in a host-side HF model, to write HF-format files from."""
     from transformers import AutoModelForCausalLM
 
-    weights, (opt_state, sched_state) = ray_utils.get([run.trainer.state_dict.remote(),
-                                                       run.trainer.training_state.remote()])
-    export = AutoModelForCausalLM.from_pretrained(model_dir)  # a host copy to write HF format from
-    export.load_state_dict(weights)
-    run_.save_checkpoint(step, export, run.tok, optimizer_state=opt_state, scheduler_state=sched_state,
-                         trainer_state={"data": run.sampler.state()})
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.load_state_dict(ray_utils.get(run.trainer.state_dict.remote()))
+    return model
 
 
-def run_grpo_stage(cfg, stage: str, parent_stage: str, extra_lineage: dict | None = None) -> dict:
+def save_checkpoint(run_: StageRun, run: GRPORun, step: int, model_dir: str) -> None:
+    opt_state, sched_state = ray_utils.get(run.trainer.training_state.remote())
+    run_.save_checkpoint(step, host_policy(run, model_dir), run.tok, optimizer_state=opt_state,
+                         scheduler_state=sched_state, trainer_state={"data": run.sampler.state()})
+
+
+def run_grpo_stage(cfg, stage: str, parent_stage: str) -> dict:
     """Recipe of an RL stage: parent -> setup actors -> loop -> export + lineage -> shut Ray down."""
     g = cfg.grpo
     parent_dir = Path(cfg.parent) if cfg.parent else Path(cfg.runs_dir) / cfg.exp / parent_stage
     parent = resolve_parent(parent_dir, expect_stage=parent_stage)
     model_dir = str(parent_dir / "model")
-    run_ = StageRun(stage, cfg).start(parent={**parent, **(extra_lineage or {})}, total_steps=g.max_steps)
+    run_ = StageRun(stage, cfg).start(parent=parent, total_steps=g.max_steps)
     try:
         run = setup(cfg, model_dir, str(run_.resume_from) if run_.resume_from else None)
         step = 0
@@ -269,12 +273,8 @@ def run_grpo_stage(cfg, stage: str, parent_stage: str, extra_lineage: dict | Non
             if run_.should_checkpoint(step) and step < g.max_steps:
                 save_checkpoint(run_, run, step, model_dir)
         summary = summarize(run_.metrics_path, val)
-        from transformers import AutoModelForCausalLM
-
-        final = AutoModelForCausalLM.from_pretrained(model_dir)
-        final.load_state_dict(ray_utils.get(run.trainer.state_dict.remote()))
         data = [data_record(f, sum(1 for _ in open(f)), Path(f)) for f in run.files]
-        record = run_.finish(final, run.tok, summary, data)
+        record = run_.finish(host_policy(run, model_dir), run.tok, summary, data)
         log.info("%s finished: %s", stage, json.dumps(summary))
         return record
     except BaseException as e:
