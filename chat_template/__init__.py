@@ -18,9 +18,9 @@ def attach_template(tokenizer) -> int:
     from tokenizers import AddedToken
 
     vocab = tokenizer.get_vocab()
+    missing_turn = [t for t in ("<|im_start|>", "<|im_end|>") if t not in vocab]
     added = tokenizer.add_special_tokens({"additional_special_tokens": [
-        AddedToken(t, special=True, normalized=False) for t in ("<|im_start|>", "<|im_end|>") if t not in vocab]}) \
-        if any(t not in vocab for t in ("<|im_start|>", "<|im_end|>")) else 0
+        AddedToken(t, special=True, normalized=False) for t in missing_turn]}) if missing_turn else 0
     added += tokenizer.add_tokens([AddedToken(t, special=False, normalized=False)
                                    for t in STRUCTURE_TOKENS if t not in vocab])
     tokenizer.chat_template = TEMPLATE_PATH.read_text()

@@ -95,9 +95,7 @@ def train_step(model, micro_batches: list[dict], optimizer, scheduler, *, grad_c
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    loss = total / n_global
-    if reduce_sum is not None:
-        loss = float(reduce_sum(torch.tensor(total))) / n_global
+    loss = (total if reduce_sum is None else float(reduce_sum(torch.tensor(total)))) / n_global
     return {"loss": loss, "grad_norm": float(grad_norm), "target_tokens": n_global}
 
 
