@@ -33,6 +33,13 @@ class Dist:
             dist.init_process_group(backend)
         return d
 
+    @classmethod
+    def join(cls, rank: int, world: int, master_addr: str, master_port: int) -> "Dist":
+        """Join a group whose members are not launched by torchrun (e.g. N Ray actors)."""
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"),
+                          MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+        return cls.from_env()
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0
@@ -81,6 +88,48 @@ class Dist:
     def shutdown(self) -> None:
         if self.active and dist.is_initialized():
             dist.destroy_process_group()
+
+
+class WeightBroadcast:
+    """A process group of its own (beside any FSDP default group) from the trainer's rank 0 (rank 0
+    here) to the rollout engines (ranks 1..n), used only to broadcast weights after each update:
+    NCCL from GPU to GPU, gloo on CPU. The tensors never pass through Ray's object store.
+    """
+
+    def __init__(self, master_addr: str, master_port: int, rank: int, world: int, device: torch.device):
+        from datetime import timedelta
+
+        store = dist.TCPStore(master_addr, master_port, world, is_master=rank == 0, timeout=timedelta(minutes=10))
+        group = dist.ProcessGroupNCCL if device.type == "cuda" else dist.ProcessGroupGloo
+        self.pg, self.device = group(store, rank, world), device
+
+    def send(self, tensor: torch.Tensor) -> None:
+        self.pg.broadcast(tensor.to(self.device).contiguous(), 0).wait()
+
+    def receive(self, specs: list[tuple[str, list[int], str]]) -> dict[str, torch.Tensor]:
+        """The tensors rank 0 sends, one per (name, shape, dtype) spec, in the spec order."""
+        out = {}
+        for name, shape, dtype in specs:
+            t = torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
+            self.pg.broadcast(t, 0).wait()
+            out[name] = t
+        return out
+
+
+def weight_specs(model) -> list[tuple[str, list[int], str]]:
+    """(name, full shape, dtype) of every state-dict tensor, sharded or not: what receivers allocate."""
+    return [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()]
+
+
+def broadcast_full_weights(model, sender: WeightBroadcast | None) -> None:
+    """Send every full tensor, in state-dict order. Under FSDP2 every rank must call this (each
+    sharded tensor is gathered collectively); only the rank holding `sender` sends."""
+    from torch.distributed.tensor import DTensor
+
+    for t in model.state_dict().values():
+        full = t.full_tensor() if isinstance(t, DTensor) else t
+        if sender is not None:
+            sender.send(full.detach())
 
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)

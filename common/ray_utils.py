@@ -33,6 +33,44 @@ def actor(cls: type, *args: Any, num_cpus: float = 0, num_gpus: float = 0, name:
     return ray.remote(**opts)(cls).remote(*args, **kwargs)
 
 
+class ActorGroup:
+    """N actors of one class forming one torch.distributed group (FSDP2 ranks); actor i is rank i.
+
+    `cls(*args, rank=i, world_size=n, **kwargs)` must accept its rank, and with n > 1 expose
+    `join(master_addr, master_port)`: rank 0's host and a free port there are found from inside
+    rank 0's actor, so the group forms wherever Ray placed it (one node or several).
+    """
+
+    def __init__(self, cls: type, n: int, *args: Any, num_cpus: float = 0, num_gpus: float = 0, **kwargs: Any):
+        self.actors = [actor(cls, *args, num_cpus=num_cpus, num_gpus=num_gpus, rank=i, world_size=n, **kwargs)
+                       for i in range(n)]
+        if n > 1:
+            addr, port = self.rank0_address()
+            get([a.join.remote(addr, port) for a in self.actors])
+
+    def rank0_address(self) -> tuple[str, int]:
+        """Rank 0's node address and a free port there: where a new group's store can listen."""
+        return get(self.actors[0].__ray_call__.remote(lambda _self: free_address()))
+
+    def call(self, method: str, *args: Any) -> list:
+        """Call `method(*args)` on every rank (arguments go to the object store once); one ref per rank."""
+        import ray
+
+        args = tuple(a if isinstance(a, ray.ObjectRef) or len(self.actors) == 1 else ray.put(a) for a in args)
+        return [getattr(a, method).remote(*args) for a in self.actors]
+
+
+def free_address() -> tuple[str, int]:
+    """(this node's address, a free TCP port on it)."""
+    import socket
+
+    from ray.util import get_node_ip_address
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return get_node_ip_address(), s.getsockname()[1]
+
+
 def get(refs):
     import ray
 

@@ -1,8 +1,9 @@
 """Generated default data for the embedded tiny model (no dataset hub at run time).
 
-Small arithmetic and word problems with `<think>` reasoning and `\\boxed{}` answers, reasoning-off
-chat, and tool-call conversations: easy enough that a ~3M-parameter model visibly learns them in
-minutes on a CPU, and verifiable, so later stages (RLVR, eval) can score the same kind of task.
+Single-digit addition/subtraction and word problems with `<think>` reasoning, answered either in
+`\\boxed{}` or in words; reasoning-off chat; and tool-call conversations. Easy enough that a
+~3M-parameter model learns them in two minutes on a CPU (multiplication tables took it far longer),
+and verifiable, so later stages (RLVR, eval) score the same kind of task.
 """
 from __future__ import annotations
 
@@ -20,13 +21,14 @@ WEATHER_TOOL = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City name"}},
                    "required": ["city"]}}}
 CITIES = ["Paris", "Rome", "Oslo", "Lima", "Cairo", "Tokyo", "Quito", "Delhi"]
+BOXED_SHARE = 0.3  # of SFT math answers; the rest say "The answer is N."
 
 
 def arithmetic(rng: random.Random, max_operand: int = 9) -> tuple[str, str, str]:
     """(question, reasoning, answer) for a one-step integer problem."""
     a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
-    op = rng.choice(["+", "-", "*"])
-    val = {"+": a + b, "-": a - b, "*": a * b}[op]
+    op = rng.choice(["+", "-"])
+    val = a + b if op == "+" else a - b
     q = rng.choice(["What is {a} {op} {b}?", "Compute {a} {op} {b}.", "Calculate {a} {op} {b}."]).format(a=a, op=op, b=b)
     return q, f"{a} {op} {b} = {val}", str(val)
 
@@ -47,9 +49,12 @@ def math_problem(rng: random.Random) -> tuple[str, str, str]:
 
 
 def _math_row(rng: random.Random) -> dict:
+    """A third of the answers boxed, the rest in words, as chat data mixes both. The math environment
+    credits only `\\boxed{}` answers, so adopting that format is the first thing RLVR teaches."""
     q, reasoning, ans = math_problem(rng)
+    content = f"\\boxed{{{ans}}}" if rng.random() < BOXED_SHARE else f"The answer is {ans}."
     return {"messages": [{"role": "user", "content": q},
-                         {"role": "assistant", "reasoning_content": reasoning, "content": f"\\boxed{{{ans}}}"}]}
+                         {"role": "assistant", "reasoning_content": reasoning, "content": content}]}
 
 
 def _chat_row(rng: random.Random) -> dict:

@@ -28,6 +28,8 @@ class Sample:
 
 
 class RolloutBackend:
+    device = torch.device("cpu")  # where the engine's weights live (received weights land there)
+
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int) -> list[list[Sample]]:
         """n samples per prompt (index [prompt][sample])."""
         raise NotImplementedError
@@ -35,6 +37,16 @@ class RolloutBackend:
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Serve these weights (transformers' parameter names, as `model.state_dict()` gives)."""
         raise NotImplementedError
+
+    def open_weight_sync(self, master_addr: str, master_port: int, rank: int, world: int) -> None:
+        """Join the trainer's weight-broadcast group (refit=broadcast) as receiver `rank`."""
+        from common.distributed import WeightBroadcast
+
+        self.sync = WeightBroadcast(master_addr, master_port, rank, world, self.device)
+
+    def receive_weights(self, specs: list) -> None:
+        """Refit by collective: receive the trainer's broadcast, then serve it."""
+        self.update_weights(self.sync.receive(specs))
 
 
 def _skeleton(model_dir: str):
@@ -52,6 +64,7 @@ class VLLMRollout(RolloutBackend):
         from common.vllm_engine import make_llm
 
         self.llm = make_llm(model_dir, seed=seed, max_model_len=max_model_len, **engine_kwargs)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.eos = eos_token_id
         self._names = _skeleton(model_dir)
 

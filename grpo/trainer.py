@@ -1,6 +1,6 @@
 """The GRPO policy trainer: log-probs of rollouts, one on-policy update per batch, weights for refit.
 
-A plain class; the stage runs it as a Ray actor (one process owning the weights and optimizer).
+A plain class; the stage runs it as one Ray actor, or as several that shard it with FSDP2.
 With `trainable=False` the same class serves as the frozen reference policy for the KL term.
 """
 from __future__ import annotations
@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from common.distributed import (Dist, WeightBroadcast, broadcast_full_weights, full_model_state, full_optimizer_state,
+                                load_optimizer_state, weight_specs)
 from common.losses import token_logprobs
 from grpo.algorithm import PolicyLossConfig, importance_weights, logprob_mismatch, masked_mean, policy_loss_sum
 from grpo.rollout import Sample
@@ -59,80 +61,123 @@ def _slices(n: int, size: int):
 
 
 class PolicyTrainer:
+    """The policy (or, with `trainable=False`, the frozen reference) on one process, or as rank
+    `rank` of `world_size` Ray actors that shard it with FSDP2 (see common.ray_utils.ActorGroup).
+
+    Every rank receives the whole batch and works on its own rows; token counts for the loss
+    normaliser come from the whole batch, so the update is the same for any world size.
+    """
+
     def __init__(self, model_dir: str, optim: OptimConfig | None = None, loss: PolicyLossConfig | None = None, *,
-                 device: str = "auto", dtype: str = "auto", trainable: bool = True, seed: int = 0):
+                 device: str = "auto", dtype: str = "auto", trainable: bool = True, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
         from transformers import AutoModelForCausalLM
 
         from common.models import resolve_device, resolve_dtype
 
         torch.manual_seed(seed)
+        self.dist = Dist(rank, world_size)
         self.device = resolve_device(device)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, self.device))
         self.model.to(self.device)
         self.optim_cfg, self.loss_cfg = optim or OptimConfig(), loss or PolicyLossConfig()
+        self.trainable = trainable
         self.optimizer = self.scheduler = None
-        if trainable:
-            o = self.optim_cfg
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas),
-                                               weight_decay=o.weight_decay)
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer, lambda i: min(1.0, (i + 1) / o.warmup_steps) if o.warmup_steps else 1.0)
-        else:
-            self.model.requires_grad_(False)
+        self.sync: WeightBroadcast | None = None
+        if world_size == 1:
+            self._finish_setup()
 
-    def _logp(self, batch: TrainBatch, sl: slice) -> torch.Tensor:
-        ids = batch.input_ids[sl].to(self.device)
-        out = self.model(input_ids=ids, attention_mask=batch.attention_mask[sl].to(self.device), use_cache=False)
+    def join(self, master_addr: str, master_port: int) -> None:
+        """Form the FSDP2 group with the other ranks, then shard (and build the optimizer over the shards)."""
+        self.dist = Dist.join(self.dist.rank, self.dist.world, master_addr, master_port)
+        self._finish_setup()
+
+    def _finish_setup(self) -> None:
+        self.model = self.dist.shard(self.model)
+        if not self.trainable:
+            self.model.requires_grad_(False)
+            return
+        o = self.optim_cfg
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas),
+                                           weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda i: min(1.0, (i + 1) / o.warmup_steps) if o.warmup_steps else 1.0)
+
+    def _rows(self, n: int) -> tuple[torch.Tensor, int]:
+        """This rank's rows of an n-row batch, padded with (untrained) row 0 to the same count on every
+        rank, because FSDP2 forwards are collectives: all ranks must run the same micro-batches."""
+        k = -(-n // self.dist.world)
+        rows = list(range(min(self.dist.rank * k, n), min((self.dist.rank + 1) * k, n)))
+        return torch.tensor(rows + [0] * (k - len(rows)), dtype=torch.long), len(rows)
+
+    def _logp(self, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        ids = ids.to(self.device)
+        out = self.model(input_ids=ids, attention_mask=attn.to(self.device), use_cache=False)
         return token_logprobs(out.logits, ids)
 
     @torch.no_grad()
     def logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        """Log-probs of this rank's rows (all rows on one process); ranks' results concatenate in order."""
         self.model.eval()
-        return torch.cat([self._logp(batch, sl).cpu() for sl in _slices(len(batch.input_ids), self.optim_cfg.micro_batch_size)])
+        rows, real = self._rows(len(batch.input_ids))
+        ids, attn = batch.input_ids[rows], batch.attention_mask[rows]
+        out = [self._logp(ids[sl], attn[sl]).cpu() for sl in _slices(len(rows), self.optim_cfg.micro_batch_size)]
+        return torch.cat(out)[:real]
 
     def update(self, batch: TrainBatch, old_logp: torch.Tensor, ref_logp: torch.Tensor | None = None) -> dict:
         """One optimizer step over the whole batch; loss normalised by its trained-token count."""
-        cfg = self.loss_cfg
+        cfg, world = self.loss_cfg, self.dist.world
         weights, keep = importance_weights(old_logp, batch.rollout_logp, batch.generated_mask,
                                            cap=cfg.is_cap, max_seq_error=cfg.max_seq_logprob_error)
         mask = batch.response_mask * keep[:, None]
         n_tokens = float(mask.sum())
+        rows, real = self._rows(len(batch.input_ids))
+        mask = mask[rows]
+        mask[real:] = 0
         self.model.train()
-        totals = {"clip_count": 0.0, "kl_sum": 0.0, "loss_sum": 0.0}
-        for sl in _slices(len(batch.input_ids), self.optim_cfg.micro_batch_size):
-            m = mask[sl].to(self.device)
-            if not m.any():
+        totals = torch.zeros(3)  # clipped tokens, KL sum, loss sum
+        for sl in _slices(len(rows), self.optim_cfg.micro_batch_size) if n_tokens else []:
+            r, m = rows[sl], mask[sl].to(self.device)
+            if not m.any() and not self.dist.active:  # under FSDP2 every rank must run every micro-batch
                 continue
-            logp = self._logp(batch, sl)
-            loss, st = policy_loss_sum(logp, old_logp[sl].to(self.device), batch.advantages[sl].to(self.device), m, cfg,
-                                       is_weights=weights[sl].to(self.device),
-                                       ref_logp=None if ref_logp is None else ref_logp[sl].to(self.device))
-            (loss / max(n_tokens, 1.0)).backward()
-            totals["clip_count"] += st["clip_count"]
-            totals["kl_sum"] += st["kl_sum"]
-            totals["loss_sum"] += float(loss.detach())
+            logp = self._logp(batch.input_ids[r], batch.attention_mask[r])
+            loss, st = policy_loss_sum(logp, old_logp[r].to(self.device), batch.advantages[r].to(self.device), m, cfg,
+                                       is_weights=weights[r].to(self.device),
+                                       ref_logp=None if ref_logp is None else ref_logp[r].to(self.device))
+            (loss * world / max(n_tokens, 1.0)).backward()  # x world: FSDP2 averages gradients over ranks
+            totals += torch.tensor([st["clip_count"], st["kl_sum"], float(loss.detach())])
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        clip_count, kl_sum, loss_sum = self.dist.reduce_sum(totals).tolist()
         denom = max(n_tokens, 1.0)
-        return {"loss": totals["loss_sum"] / denom, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
-                "clip_fraction": totals["clip_count"] / denom, "kl": totals["kl_sum"] / denom,
+        return {"loss": loss_sum / denom, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
+                "clip_fraction": clip_count / denom, "kl": kl_sum / denom,
                 "trained_tokens": n_tokens, "is_weight_mean": float(masked_mean(weights, batch.generated_mask)),
                 "mismatch_masked_fraction": float(1 - keep.mean()),
                 **logprob_mismatch(old_logp, batch.rollout_logp, batch.generated_mask)}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """Full weights on the CPU (under FSDP2 a collective: rank 0 gets them, other ranks {})."""
+        if self.dist.active:
+            return full_model_state(self.model)
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
-    def training_state(self) -> tuple[dict, dict]:
-        """(optimizer state keyed by parameter name, scheduler state) for a checkpoint."""
-        from common.distributed import full_optimizer_state
+    def open_weight_sync(self, master_addr: str, master_port: int, world: int) -> list:
+        """Rank 0 becomes the sender of a weight-broadcast group with the rollout engines; returns the specs."""
+        if self.dist.is_main:
+            self.sync = WeightBroadcast(master_addr, master_port, 0, world, self.device)
+        return weight_specs(self.model)
 
+    def broadcast_weights(self) -> None:
+        """Refit by collective: every rank calls this (FSDP2 gathers), rank 0 sends to the engines."""
+        broadcast_full_weights(self.model, self.sync)
+
+    def training_state(self) -> tuple[dict, dict]:
+        """(optimizer state keyed by parameter name, scheduler state) for a checkpoint (collective under FSDP2)."""
         return full_optimizer_state(self.model, self.optimizer), self.scheduler.state_dict()
 
     def load_training_state(self, optimizer_state: dict, scheduler_state: dict) -> None:
-        from common.distributed import load_optimizer_state
-
         load_optimizer_state(self.model, self.optimizer, optimizer_state)
         self.scheduler.load_state_dict(scheduler_state)

@@ -2,8 +2,8 @@
 
 Ray topology (all on one machine by default, or on the cluster at $RAY_ADDRESS):
   rollout workers  N actors, each owning a vLLM engine (or HF generate), serving the policy
-  policy trainer   1 actor owning the weights and the optimizer
-  reference policy 1 actor, only when grpo.loss.kl_coef > 0
+  policy trainer   grpo.trainer.workers actors owning the weights and the optimizer (FSDP2 when > 1)
+  reference policy as many actors again, only when grpo.loss.kl_coef > 0
   environments     1 actor scoring batches (verifiers, judges)
 
 One step = sample prompts (fixed env ratios) -> generate G responses each -> score -> advantages
@@ -45,6 +45,15 @@ class RolloutSettings:
     workers: int = 1
     max_model_len: int = 2048
     gpus_per_worker: float = 0.0
+    # object_store: rank 0's full weights go through Ray's object store (works everywhere);
+    # broadcast: a process group of their own from trainer rank 0 to the engines (NCCL on GPU, gloo on CPU).
+    refit: str = "object_store"
+
+
+@dataclass
+class TrainerSettings:
+    workers: int = 1  # policy (and reference) ranks; more than one shards the model with FSDP2
+    gpus_per_worker: float = 0.0
 
 
 @dataclass
@@ -69,6 +78,7 @@ class GRPOConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
 
 
 class PhaseTimer:
@@ -87,13 +97,14 @@ class GRPORun:
     cfg: object
     g: GRPOConfig
     tok: object
-    trainer: object
-    reference: object | None
+    trainer: ray_utils.ActorGroup
+    reference: ray_utils.ActorGroup | None
     workers: list
     envs: object
     sampler: TaskSampler
     val_tasks: list[dict]
     files: list[str]  # task files, for the lineage record
+    weight_specs: list | None = None  # set when refitting by broadcast
 
     # ------------------------------------------------------------------ phases
     def prompts(self, tasks: list[dict]) -> list[list[int]]:
@@ -121,8 +132,12 @@ class GRPORun:
         return rewards, scores
 
     def refit(self) -> None:
-        weights = self.trainer.state_dict.remote()  # an object ref: goes trainer -> workers directly
-        ray_utils.get([w.update_weights.remote(weights) for w in self.workers])
+        if self.weight_specs is not None:
+            ray_utils.get(self.trainer.call("broadcast_weights") +
+                          [w.receive_weights.remote(self.weight_specs) for w in self.workers])
+            return
+        weights = self.trainer.call("state_dict")  # object refs: rank 0's goes trainer -> workers directly
+        ray_utils.get([w.update_weights.remote(weights[0]) for w in self.workers] + weights[1:])
 
 
 def collect(run: GRPORun, step: int, timer: PhaseTimer):
@@ -159,11 +174,11 @@ def grpo_step(run: GRPORun, step: int) -> dict:
         trained = [not d and not (g.overlong_filtering and s.truncated) for d, s in zip(dead.tolist(), samples)]
         batch = build_batch(samples, adv.flatten().tolist(), trained, run.tok.pad_token_id)
     with timer("logprobs"):
-        old = run.trainer.logprobs.remote(batch)
-        ref = run.reference.logprobs.remote(batch) if run.reference is not None else None
-        old, ref = ray_utils.get(old), (ray_utils.get(ref) if ref is not None else None)
+        old = run.trainer.call("logprobs", batch)
+        ref = run.reference.call("logprobs", batch) if run.reference is not None else None
+        old, ref = torch.cat(ray_utils.get(old)), (torch.cat(ray_utils.get(ref)) if ref is not None else None)
     with timer("update"):
-        update = ray_utils.get(run.trainer.update.remote(batch, old, ref))
+        update = ray_utils.get(run.trainer.call("update", batch, old, ref))[0]
     with timer("refit"):
         run.refit()
     gen_tokens = sum(len(s.response_ids) for s in samples)
@@ -185,7 +200,18 @@ def reward_metrics(tasks: list[dict], rewards: torch.Tensor, scores: list, sampl
         rows = torch.tensor([t["env"] == env for t in tasks])
         r = rewards[rows]
         m[f"reward/{env}/mean"], m[f"reward/{env}/std"] = float(r.mean()), float(r.std(unbiased=False))
-    return m
+    envs = [t["env"] for t in tasks for _ in range(rewards.shape[1])]  # one per sample, like `scores`
+    return m | info_means([(env, s.info) for env, s in zip(envs, scores)])
+
+
+def info_means(items: list[tuple[str, dict]]) -> dict:
+    """Per-environment means of the numeric `Score.info` entries (e.g. math's share of boxed answers)."""
+    sums: dict[str, list[float]] = {}
+    for env, info in items:
+        for k, v in info.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                sums.setdefault(f"{env}/{k}", []).append(float(v))
+    return {k: sum(v) / len(v) for k, v in sums.items()}
 
 
 def validate(run: GRPORun) -> dict:
@@ -194,8 +220,10 @@ def validate(run: GRPORun) -> dict:
         return {}
     greedy = SamplingConfig(max_new_tokens=run.g.val_max_new_tokens, temperature=0.0, top_p=1.0)
     groups = run.generate(run.val_tasks, 1, greedy, seed=0)
-    rewards, _ = run.score(run.val_tasks, groups)
+    rewards, scores = run.score(run.val_tasks, groups)
     out = {"val/response_length": sum(len(g[0].response_ids) for g in groups) / len(groups)}
+    info = info_means([(t["env"], s.info) for t, s in zip(run.val_tasks, scores)])
+    out.update({f"val/{k}": v for k, v in info.items()})
     for env in sorted({t["env"] for t in run.val_tasks}):
         rows = torch.tensor([t["env"] == env for t in run.val_tasks])
         out[f"val/{env}/accuracy"] = float(rewards[rows].mean())
@@ -205,6 +233,8 @@ def validate(run: GRPORun) -> dict:
 # ---------------------------------------------------------------------------------- the stage
 def setup(cfg, model_dir: str, resume_from: str | None) -> GRPORun:
     g = cfg.grpo
+    if g.rollout.refit not in ("object_store", "broadcast"):
+        raise UserError(f"grpo.rollout.refit: {g.rollout.refit!r} (object_store or broadcast)")
     tok = load_tokenizer(type(cfg.model)(name_or_path=model_dir))
     data_dir = Path(cfg.runs_dir) / cfg.exp / "data"
     try:
@@ -221,12 +251,20 @@ def setup(cfg, model_dir: str, resume_from: str | None) -> GRPORun:
     workers = [ray_utils.actor(backend, start_from, seed=cfg.seed + i, max_model_len=g.rollout.max_model_len,
                                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, num_gpus=gpu)
                for i in range(g.rollout.workers)]
-    trainer = ray_utils.actor(PolicyTrainer, start_from, g.optim, g.loss, device=cfg.model.device,
-                              dtype=cfg.model.dtype, seed=cfg.seed)
-    reference = (ray_utils.actor(PolicyTrainer, model_dir, g.optim, g.loss, device=cfg.model.device,
-                                 dtype=cfg.model.dtype, trainable=False) if g.loss.kl_coef > 0 else None)
+    ranks = dict(num_gpus=g.trainer.gpus_per_worker, device=cfg.model.device, dtype=cfg.model.dtype)
+    n = g.trainer.workers
+    trainer = ray_utils.ActorGroup(PolicyTrainer, n, start_from, g.optim, g.loss, seed=cfg.seed, **ranks)
+    reference = (ray_utils.ActorGroup(PolicyTrainer, n, model_dir, g.optim, g.loss, trainable=False, **ranks)
+                 if g.loss.kl_coef > 0 else None)
     envs = ray_utils.actor(EnvPool, sorted(g.env_ratios), g.score_timeout_s)
-    return GRPORun(cfg, g, tok, trainer, reference, workers, envs, sampler, val, files)
+    run = GRPORun(cfg, g, tok, trainer, reference, workers, envs, sampler, val, files)
+    if g.rollout.refit == "broadcast":
+        addr, port = trainer.rank0_address()
+        world = 1 + len(workers)
+        specs = ray_utils.get(trainer.call("open_weight_sync", addr, port, world) +
+                              [w.open_weight_sync.remote(addr, port, i + 1, world) for i, w in enumerate(workers)])
+        run.weight_specs = specs[0]
+    return run
 
 
 def host_policy(run: GRPORun, model_dir: str):
@@ -234,12 +272,12 @@ def host_policy(run: GRPORun, model_dir: str):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    model.load_state_dict(ray_utils.get(run.trainer.state_dict.remote()))
+    model.load_state_dict(ray_utils.get(run.trainer.call("state_dict"))[0])
     return model
 
 
 def save_checkpoint(run_: StageRun, run: GRPORun, step: int, model_dir: str) -> None:
-    opt_state, sched_state = ray_utils.get(run.trainer.training_state.remote())
+    opt_state, sched_state = ray_utils.get(run.trainer.call("training_state"))[0]
     run_.save_checkpoint(step, host_policy(run, model_dir), run.tok, optimizer_state=opt_state,
                          scheduler_state=sched_state, trainer_state={"data": run.sampler.state()})
 
@@ -256,7 +294,7 @@ def run_grpo_stage(cfg, stage: str, parent_stage: str) -> dict:
         step = 0
         if run_.resume_from:
             state, opt_state, sched_state = ckpt.load_training_state(run_.resume_from)
-            ray_utils.get(run.trainer.load_training_state.remote(opt_state, sched_state))
+            ray_utils.get(run.trainer.call("load_training_state", opt_state, sched_state))
             run.sampler.restore(state["data"])
             step = state["step"]
         first_val = validate(run) if step == 0 else {}

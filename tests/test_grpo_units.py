@@ -59,6 +59,16 @@ def test_math_env(response, answer, reward):
     assert score_safely(make("math"), {"env": "math", "answer": answer}, response).reward == reward
 
 
+def test_boxed_share_reaches_metrics_per_env():
+    from stages.grpo_loop import info_means
+
+    env = make("math")
+    responses = ("x\n</think>\n\\boxed{7}", "x\n</think>\n\\boxed{8}", "x\n</think>\nThe answer is 7.")
+    infos = [("math", env.score({"answer": "7"}, r).info) for r in responses]
+    infos.append(("other", {"boxed": 1.0, "why": "text is skipped", "flag": True}))
+    assert info_means(infos) == pytest.approx({"math/boxed": 2 / 3, "other/boxed": 1.0})
+
+
 class Raises(Environment):
     name = "test_raises"
 

@@ -24,26 +24,54 @@ pytestmark = pytest.mark.slow
 RL_ARGS = ["grpo.prompts_per_step=4", "grpo.group_size=4", "grpo.sampling.max_new_tokens=24", "grpo.val_size=8",
            "grpo.val_every=2", "grpo.val_max_new_tokens=24", "logging.progress_bar=false", "checkpoint.every_steps=2",
            "checkpoint.keep_last=3"]
+# The killed-and-resumed run shards the policy over 2 trainer ranks (FSDP2, gloo) and refits by
+# broadcast: the sampler (and so the prompts) must not depend on either.
+SHARDED = ["grpo.trainer.workers=2", "grpo.rollout.refit=broadcast"]
 
 
 @pytest.fixture(scope="module")
 def sft_parent(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     res = subprocess.run([sys.executable, "-m", "stages.sft", f"runs_dir={runs}", "exp=p", "sft.max_steps=3",
-                          "sft.pack_size=512", "sft.data.sources=[{path: 'builtin:sft_default', max_rows: 120}]",
+                          "sft.lr=3e-3", "sft.pack_size=512", "sft.data.sources=[{path: 'builtin:sft_default', max_rows: 120}]",
                           "logging.progress_bar=false"], cwd=REPO, env=ENV, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     return runs
 
 
-def _agreement(rollout, trainer, tok):
+def _object_store_refit(rollout, trainer):
+    return lambda: rollout.update_weights(trainer.state_dict())
+
+
+def _broadcast_refit(rollout, trainer):
+    """Trainer and engine in one process here, so the sender runs in a thread (gloo is thread-safe)."""
+    import threading
+
+    from common.ray_utils import free_address
+
+    addr, port = free_address()
+    box = {}
+    sender = threading.Thread(target=lambda: box.update(specs=trainer.open_weight_sync(addr, port, 2)))
+    sender.start()
+    rollout.open_weight_sync(addr, port, 1, 2)
+    sender.join()
+
+    def refit():
+        t = threading.Thread(target=trainer.broadcast_weights)
+        t.start()
+        rollout.receive_weights(box["specs"])
+        t.join()
+    return refit
+
+
+def _agreement(rollout, trainer, tok, refit):
     prompts = [prompt_ids(tok, [{"role": "user", "content": q}]) for q in ("What is 3 + 4?", "Say hello to Bob.")]
     samples = [s for g in rollout.generate(prompts, 4, SamplingConfig(max_new_tokens=24), seed=1) for s in g]
     batch = build_batch(samples, [1.0, -1.0, 0.5, -0.5] * 2, [True] * 8, tok.pad_token_id)
     before = {k: v.clone() for k, v in trainer.state_dict().items()}
     trainer.update(batch, trainer.logprobs(batch))
     assert any(not torch.equal(before[k], v) for k, v in trainer.state_dict().items())  # weights moved
-    rollout.update_weights(trainer.state_dict())
+    refit()
     greedy = [g[0] for g in rollout.generate(prompts, 1, SamplingConfig(max_new_tokens=24, temperature=0.0), seed=0)]
     b = build_batch(greedy, [0.0, 0.0], [True, True], tok.pad_token_id)
     err = float(((trainer.logprobs(b) - b.rollout_logp).abs() * b.response_mask).sum() / b.response_mask.sum())
@@ -55,8 +83,8 @@ def _agreement(rollout, trainer, tok):
     return err
 
 
-@pytest.mark.parametrize("backend", ["vllm", "hf"])
-def test_rollout_matches_trainer_after_refit(sft_parent, backend):
+@pytest.mark.parametrize("backend,refit", [("vllm", "object_store"), ("vllm", "broadcast"), ("hf", "object_store")])
+def test_rollout_matches_trainer_after_refit(sft_parent, backend, refit):
     from transformers import AutoTokenizer
 
     model_dir = str(sft_parent / "p" / "sft" / "model")
@@ -64,8 +92,9 @@ def test_rollout_matches_trainer_after_refit(sft_parent, backend):
     trainer = PolicyTrainer(model_dir, OptimConfig(lr=1e-2, warmup_steps=0))
     cls = VLLMRollout if backend == "vllm" else HFRollout
     rollout = cls(model_dir, max_model_len=512, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    err = _agreement(rollout, trainer, tok)
-    print(f"{backend}: mean |trainer - rollout| log-prob after refit = {err:.2e}")
+    make_refit = _broadcast_refit if refit == "broadcast" else _object_store_refit
+    err = _agreement(rollout, trainer, tok, make_refit(rollout, trainer))
+    print(f"{backend} ({refit}): mean |trainer - rollout| log-prob after refit = {err:.2e}")
     assert err < 1e-3
 
 
@@ -98,7 +127,7 @@ def test_rlvr_end_to_end_and_sigkill_resume(sft_parent, tmp_path):
     # Kill a second run right after its step-2 checkpoint; the same command resumes at step 3
     # with the same prompts as the uninterrupted run.
     shutil.copytree(runs / "p" / "sft", tmp_path / "q" / "sft")
-    proc = subprocess.Popen(_rlvr(tmp_path, "q", 4), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_rlvr(tmp_path, "q", 4, *SHARDED), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     ck = tmp_path / "q" / "rlvr" / "checkpoints" / "step_2" / "trainer_state.json"
     deadline = time.time() + 300
@@ -108,7 +137,8 @@ def test_rlvr_end_to_end_and_sigkill_resume(sft_parent, tmp_path):
     proc.wait()
     subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)  # killed run's Ray
     assert ck.exists()
-    again = subprocess.run(_rlvr(tmp_path, "q", 4), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(_rlvr(tmp_path, "q", 4, *SHARDED), cwd=REPO, env=ENV, capture_output=True, text=True,
+                           timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     rec = lineage.read(tmp_path / "q" / "rlvr")
     assert rec["status"] == "finished" and rec["resumed_from_steps"] == [2]
@@ -116,6 +146,8 @@ def test_rlvr_end_to_end_and_sigkill_resume(sft_parent, tmp_path):
     steps = [r["step"] for r in resumed]
     assert steps[-2:] == [3, 4] and len(steps) == len(set(steps))
     assert [r["tasks_hash"] for r in resumed if r["step"] > 0] == [r["tasks_hash"] for r in rows[1:]]
+    # the engines served the sharded trainer's weights after every broadcast refit
+    assert all(r["logprob_abs_error"] < 1e-3 for r in resumed if r["step"] > 0)
 
 
 def test_grpo_raises_a_learnable_reward(sft_parent):

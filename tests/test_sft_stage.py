@@ -74,21 +74,6 @@ def test_sigkill_then_rerun_resumes_to_identical_weights(tmp_path):
     assert la == lb  # same data order, same steps, no step logged twice
 
 
-def test_default_make_sft_under_three_minutes_and_loss_falls(tmp_path):
-    t0 = time.time()
-    res = subprocess.run([sys.executable, "-m", "stages.sft", f"runs_dir={tmp_path}", "exp=demo",
-                          "logging.progress_bar=false"], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    wall = time.time() - t0
-    assert res.returncode == 0, res.stderr[-2000:]
-    rows = read_metrics(tmp_path / "demo" / "sft" / "metrics.jsonl")
-    first = sum(r["loss"] for r in rows[:5]) / 5
-    last = sum(r["loss"] for r in rows[-10:]) / 10
-    print(f"default sft: {wall:.1f}s wall, loss first-5 {first:.3f} -> last-10 {last:.3f}")
-    assert last < 0.4 * first
-    assert wall < 180
-
-
 def test_bad_data_is_one_clear_line(tmp_path, capsys):
     f = tmp_path / "bad.jsonl"
     f.write_text(json.dumps({"messages": [{"role": "user", "content": "q"},

@@ -4,11 +4,7 @@ import pytest
 
 vllm = pytest.importorskip("vllm")
 
-from common.models import build_model, load_tokenizer  # noqa: E402
 from common.vllm_engine import make_llm, token_generate_fn  # noqa: E402
-from stages.checkpoint import save_pretrained  # noqa: E402
-from stages.config import load_config  # noqa: E402
-from stages.schema import RunConfig  # noqa: E402
 from chat_template.conversation import normalize  # noqa: E402
 from chat_template.reasoning import BudgetTokens, generate_with_budget  # noqa: E402
 from chat_template.render import prompt_ids, training_sequences  # noqa: E402
@@ -18,12 +14,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    cfg = load_config(RunConfig, None, ["model=tiny"]).model
-    tok = load_tokenizer(cfg)
-    save_pretrained(build_model(cfg, tok), tok, d)
-    return make_llm(str(d), max_model_len=1024), tok
+def engine(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return make_llm(tiny_model_dir, max_model_len=1024), AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 def test_vllm_chat_prompt_matches_template_and_renderer(engine):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 class Score:
     reward: float
     reason: str = ""  # why: "correct", "wrong answer", "no \\boxed{} answer", "error: ...", "timeout ..."
-    info: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # numeric entries are averaged into metrics as <env>/<key>
 
 
 class Environment:

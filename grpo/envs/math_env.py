@@ -37,10 +37,10 @@ class MathEnv(Environment):
         answer = parse_response(response, thinking=task.get("enable_thinking", True)).content
         boxed = last_boxed(answer)
         if boxed is None:
-            return Score(0.0, "no \\boxed{} answer")
+            return Score(0.0, "no \\boxed{} answer", {"boxed": 0.0})
         gold = parse(f"${task['answer']}$", parsing_timeout=None)
         pred = parse(f"$\\boxed{{{boxed}}}$", parsing_timeout=None)
         if not gold:
             raise ValueError(f"reference answer {task['answer']!r} does not parse")
         ok = bool(pred) and verify(gold, pred, timeout_seconds=None)
-        return Score(1.0 if ok else 0.0, "correct" if ok else f"wrong answer {boxed!r}")
+        return Score(1.0 if ok else 0.0, "correct" if ok else f"wrong answer {boxed!r}", {"boxed": 1.0})

@@ -1,0 +1,55 @@
+"""The GRPO policy trainer as 2 Ray actors sharding the model with FSDP2 (gloo on CPU) computes the
+same log-probs, the same update and the same weights as the trainer on one process."""
+import os
+import random
+
+import pytest
+import torch
+
+from common import ray_utils
+from grpo.rollout import Sample
+from grpo.trainer import OptimConfig, PolicyTrainer, build_batch
+
+pytestmark = pytest.mark.slow
+
+
+def _batch(n: int = 7, seed: int = 0):
+    """n samples of random lengths (odd n: the 2 ranks get unequal rows), a mix of advantages."""
+    rng = random.Random(seed)
+    samples = [Sample([rng.randrange(10, 1000) for _ in range(rng.randint(4, 9))],
+                      [rng.randrange(10, 1000) for _ in range(rng.randint(1, 12))], [], truncated=False)
+               for _ in range(n)]
+    for s in samples:
+        s.logprobs = [-5.0] * len(s.response_ids)  # replaced by the trainer's own below
+    adv = [rng.uniform(-1.5, 1.5) for _ in range(n)]
+    return build_batch(samples, adv, [i != 3 for i in range(n)], pad_id=0)  # row 3 untrained
+
+
+def test_two_fsdp_ranks_match_one_process(tiny_model_dir):
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    optim = OptimConfig(lr=1e-3, warmup_steps=0, micro_batch_size=2)
+    single = PolicyTrainer(tiny_model_dir, optim)
+    batch = _batch()
+    ray_utils.init_ray(num_cpus=2)
+    try:
+        group = ray_utils.ActorGroup(PolicyTrainer, 2, tiny_model_dir, optim)
+        for step in range(2):
+            old1 = single.logprobs(batch)
+            old2 = torch.cat(ray_utils.get(group.call("logprobs", batch)))
+            assert old1.shape == old2.shape == batch.response_mask.shape
+            assert torch.allclose(old1, old2, atol=1e-5)
+            batch.rollout_logp = old1 * batch.generated_mask + 0.01 * batch.generated_mask  # a small mismatch
+            m1 = single.update(batch, old1)
+            m2 = ray_utils.get(group.call("update", batch, old2))[0]
+            for key in ("loss", "grad_norm", "clip_fraction", "trained_tokens", "gen_kl_error"):
+                assert m1[key] == pytest.approx(m2[key], rel=1e-4, abs=1e-6), (step, key, m1[key], m2[key])
+            assert m1["trained_tokens"] > 0 and m1["grad_norm"] > 0
+        states = ray_utils.get(group.call("state_dict"))
+        assert states[1] == {}  # the full weights are gathered on rank 0 only
+        w1, w2 = single.state_dict(), states[0]
+        assert w1.keys() == w2.keys()
+        assert all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)
+        opt_state, _ = ray_utils.get(group.call("training_state"))[0]
+        assert len(opt_state["state"]) == len(single.optimizer.state)  # unsharded, keyed by name
+    finally:
+        ray_utils.shutdown()
