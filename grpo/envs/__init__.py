@@ -6,7 +6,8 @@
     register(MyEnv)
 
 `task` is one JSONL row of the environment's data (see grpo.tasks); `response` is the model's
-completion text (after the generation prompt). Environments are plain classes: call them directly
+completion text (after the generation prompt). A user's own environments live in any importable
+module that registers them; the RL stages import the modules listed in `grpo.env_modules`. Environments are plain classes: call them directly
 to debug; the Ray actor in grpo.workers only wraps `score_batch`.
 """
 from __future__ import annotations
@@ -39,15 +40,22 @@ def register(cls: type[Environment]) -> type[Environment]:
     return cls
 
 
+def load_modules(modules: list[str] = ()) -> list[str]:
+    """Import the built-in environments and `modules` (a user's own, which register themselves);
+    returns every registered name."""
+    import importlib
+
+    from grpo.envs import math_env  # noqa: F401  (registers itself)
+
+    for m in modules:
+        importlib.import_module(m)
+    return sorted(REGISTRY)
+
+
 def make(name: str, **kwargs) -> Environment:
-    _load_builtin()
-    if name not in REGISTRY:
+    if name not in REGISTRY and name not in load_modules():
         raise KeyError(f"unknown environment {name!r}; registered: {sorted(REGISTRY)}")
     return REGISTRY[name](**kwargs)
-
-
-def _load_builtin() -> None:
-    from grpo.envs import math_env  # noqa: F401  (registers itself)
 
 
 _POOL = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="env-score")
@@ -82,7 +90,9 @@ def score_batch(envs: dict[str, Environment], items: list[tuple[dict, str]], tim
 class EnvPool:
     """The environments of a run, scoring batches; the stage runs it as a Ray actor."""
 
-    def __init__(self, names: list[str], timeout_s: float = 10.0, options: dict | None = None):
+    def __init__(self, names: list[str], timeout_s: float = 10.0, options: dict | None = None,
+                 modules: list[str] = ()):
+        load_modules(modules)
         self.envs = {n: make(n, **(options or {}).get(n, {})) for n in names}
         self.timeout_s = timeout_s
 
