@@ -3,6 +3,7 @@ import json
 import time
 
 import pytest
+import torch
 
 from grpo.envs import Environment, EnvPool, Score, make, register, score_batch, score_safely
 from grpo.tasks import TaskError, TaskSampler, group_by_env, load_tasks, split_counts
@@ -111,3 +112,31 @@ def test_unknown_environment_or_module_is_a_clear_error_before_any_work():
     cfg = load_config(RLVRStageConfig, None, ["grpo.env_modules=[no_such_module]"])
     with pytest.raises(UserError, match="grpo.env_modules: No module named 'no_such_module'"):
         setup(cfg, "no-model-needed", None)
+
+
+def test_dynamic_sampling_swaps_zero_variance_groups_for_fresh_prompts():
+    """collect() with a stub run: prompts whose id is even get all-equal rewards (no signal)."""
+    from types import SimpleNamespace
+
+    from stages.grpo_loop import GRPOConfig, PhaseTimer, collect
+
+    tasks = [{"id": i, "env": "math"} for i in range(40)]
+
+    def score(ts, groups):
+        r = torch.tensor([[0.0, 0.0] if t["id"] % 2 == 0 else [0.0, 1.0] for t in ts])
+        return r, [Score(float(x)) for x in r.flatten()]
+
+    def run_with(dynamic: bool, rounds: int):
+        g = GRPOConfig(prompts_per_step=4, group_size=2, dynamic_sampling=dynamic, max_resample_rounds=rounds)
+        generate = lambda ts, n, sampling, seed: [[f"{t['id']}:{k}" for k in range(n)] for t in ts]  # noqa: E731
+        return SimpleNamespace(g=g, sampler=TaskSampler({"math": tasks}, {"math": 1.0}, seed=3), score=score,
+                               generate=generate)
+
+    ts, groups, rewards, scores, rounds = collect(run_with(False, 2), 1, PhaseTimer())
+    assert rounds == 0 and any(t["id"] % 2 == 0 for t in ts)  # without it, dead groups stay
+    ts, groups, rewards, scores, rounds = collect(run_with(True, 8), 1, PhaseTimer())
+    assert 1 <= rounds <= 8 and all(t["id"] % 2 == 1 for t in ts)  # every dead group replaced
+    assert [grp[0].split(":")[0] for grp in groups] == [str(t["id"]) for t in ts]  # groups follow their task
+    assert rewards.tolist() == [[0.0, 1.0]] * 4 and len(scores) == 8
+    ts, _, rewards, _, rounds = collect(run_with(True, 1), 1, PhaseTimer())
+    assert rounds == 1  # at most max_resample_rounds extra rounds, even if dead groups remain

@@ -27,7 +27,8 @@ RL_ARGS = ["grpo.prompts_per_step=4", "grpo.group_size=4", "grpo.sampling.max_ne
            "checkpoint.keep_last=3"]
 # The killed-and-resumed run shards the policy over 2 trainer ranks (FSDP2, gloo) and refits by
 # broadcast: the sampler (and so the prompts) must not depend on either.
-SHARDED = ["grpo.trainer.workers=2", "grpo.rollout.refit=broadcast"]
+# It also has a KL term, so a (sharded) reference policy runs beside the policy.
+SHARDED = ["grpo.trainer.workers=2", "grpo.rollout.refit=broadcast", "grpo.loss.kl_coef=0.01"]
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def test_rollout_matches_trainer_after_refit(sft_parent, backend, refit):
 
 
 def _rlvr(runs, exp, steps, *extra):
-    """Half the prompts go to tests/flaky_env.py, whose verifier hangs once and then always raises."""
+    """Half the prompts go to tests/flaky_env.py, whose verifier hangs once and often raises."""
     flaky = runs / "flaky.jsonl"
     if not flaky.exists():
         flaky.write_text("".join(json.dumps({"env": "flaky", "prompt": f"What is {i} + 1?"}) + "\n" for i in range(8)))
@@ -122,8 +123,8 @@ def test_rlvr_end_to_end_and_sigkill_resume(sft_parent, tmp_path):
                 "time/refit_s", "gen_tokens_per_s"):
         assert all(key in r for r in rows[1:]), key
     assert "val/math/accuracy" in rows[0] and "val/math/accuracy" in rows[2]
-    # the broken verifier: every flaky sample scored 0 with its reason logged, and the run went on
-    assert all(r["reward/flaky/mean"] == 0 and r["score_errors"] == 8 for r in rows[1:])
+    # the unreliable verifier: its failures scored 0 with the reason logged, and the run went on
+    assert rows[1]["score_errors"] >= 3 and all(r["score_errors"] >= 2 for r in rows[1:])
     assert "env flaky task" in ref.stderr and "timeout after 1s (reward 0)" in ref.stderr
     assert "error: ValueError: flaky verifier (reward 0)" in ref.stderr
     assert all(abs(r["gen_kl_error"]) < 0.02 and abs(r["token_mult_prob_error"] - 1) < 0.02
@@ -131,7 +132,8 @@ def test_rlvr_end_to_end_and_sigkill_resume(sft_parent, tmp_path):
     rec = lineage.read(d)
     assert rec["status"] == "finished" and rec["parent"]["stage"] == "sft"
     assert rec["parent"]["run_id"] == lineage.read(runs / "p" / "sft")["run_id"]
-    assert {x["source"].split("/")[-1] for x in rec["data"]} == {"math_train.jsonl", "flaky.jsonl", "math_heldout.jsonl"}
+    files = {x["source"].split("/")[-1] for x in rec["data"]}
+    assert files == {"math_train.jsonl", "flaky.jsonl", "math_heldout.jsonl"}
     assert "reward_first5" in rec["metrics"] and "val/math/accuracy@start" in rec["metrics"]
 
     # Kill a second run right after its step-2 checkpoint; the same command resumes at step 3
@@ -158,6 +160,8 @@ def test_rlvr_end_to_end_and_sigkill_resume(sft_parent, tmp_path):
     assert [r["tasks_hash"] for r in resumed if r["step"] > 0] == [r["tasks_hash"] for r in rows[1:]]
     # the engines served the sharded trainer's weights after every broadcast refit
     assert all(r["logprob_abs_error"] < 1e-3 for r in resumed if r["step"] > 0)
+    assert sum(r["trained_tokens"] for r in resumed if r["step"] > 0) > 0
+    assert all(r["kl"] > 0 for r in resumed if r["step"] >= 3 and r["trained_tokens"] > 0)
 
 
 def test_grpo_raises_a_learnable_reward(sft_parent):
