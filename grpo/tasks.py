@@ -20,7 +20,9 @@ class TaskError(ValueError):
     """A bad task file or row; the message names the file, line and field."""
 
 
-def load_tasks(path: str | Path) -> list[dict]:
+def load_tasks(path: str | Path, *, default_env: str | None = None, require: tuple[str, ...] = ()) -> list[dict]:
+    """Task rows of a JSONL file; `default_env` for rows that name none, `require`: more string
+    fields every row must have (e.g. "response" for offline scoring)."""
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"{path}: no such task file")
@@ -34,8 +36,13 @@ def load_tasks(path: str | Path) -> list[dict]:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise TaskError(f"{where}: invalid JSON ({e.msg})") from None
+            if isinstance(row, dict) and default_env:
+                row.setdefault("env", default_env)
             if not isinstance(row, dict) or not isinstance(row.get("env"), str):
                 raise TaskError(f"{where}: env: missing (each task names its environment)")
+            for key in require:
+                if not isinstance(row.get(key), str):
+                    raise TaskError(f"{where}: {key}: missing (a string)")
             if "messages" not in row:
                 if not isinstance(row.get("prompt"), str):
                     raise TaskError(f"{where}: messages: missing (give `messages` or a `prompt` string)")

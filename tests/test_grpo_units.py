@@ -55,6 +55,7 @@ def test_task_file_errors_name_file_line_field(tmp_path):
     ("\\boxed{7} is what I think but I never close the reasoning", "7", 0.0),  # answer inside reasoning
     ("x\n</think>\n\\boxed{7", "7", 0.0),  # unbalanced
     ("x\n</think>\n\\boxed{6} no wait \\boxed{7}", "7", 1.0),  # the last box counts
+    ("x\n</think>\n\\boxed{6} no wait \\boxed{7", "6", 0.0),  # an unclosed last box is no answer
 ])
 def test_math_env(response, answer, reward):
     assert score_safely(make("math"), {"env": "math", "answer": answer}, response).reward == reward
@@ -140,3 +141,21 @@ def test_dynamic_sampling_swaps_zero_variance_groups_for_fresh_prompts():
     assert rewards.tolist() == [[0.0, 1.0]] * 4 and len(scores) == 8
     ts, _, rewards, _, rounds = collect(run_with(True, 1), 1, PhaseTimer())
     assert rounds == 1  # at most max_resample_rounds extra rounds, even if dead groups remain
+
+
+def test_offline_scoring_cli(tmp_path, capsys):
+    from grpo.envs.__main__ import main
+
+    rows = [{"id": "m1", "env": "math", "prompt": "1+1?", "answer": "2", "response": "r\n</think>\n\\boxed{2}"},
+            {"id": "q1", "env": "mcqa", "prompt": "A or B?", "answer": "B", "response": "r\n</think>\nAnswer: A"},
+            {"id": "m2", "prompt": "2+2?", "answer": "4", "response": "r\n</think>\nfour"}]
+    f = tmp_path / "rows.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["score", "--input", str(f), "--env", "math"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["m1\t1\tcorrect", "q1\t0\twrong answer 'A' (expected 'B')",
+                                "m2\t0\tno \\boxed{} answer"]
+    assert "3 rows, mean reward 0.333" in err
+    f.write_text(json.dumps({"env": "math", "prompt": "x", "answer": "1"}) + "\n")
+    assert main(["score", "--input", str(f)]) == 2
+    assert f"{f}:1: response: missing" in capsys.readouterr().err

@@ -1,19 +1,27 @@
 """Environments: verifiable rewards behind one narrow interface, found by name.
 
+    @register
     class MyEnv(Environment):
         name = "my_env"
         def score(self, task: dict, response: str) -> Score: ...
-    register(MyEnv)
 
 `task` is one JSONL row of the environment's data (see grpo.tasks); `response` is the model's
-completion text (after the generation prompt). A user's own environments live in any importable
-module that registers them; the RL stages import the modules listed in `grpo.env_modules`. Environments are plain classes: call them directly
-to debug; the Ray actor in grpo.workers only wraps `score_batch`.
+completion text (after the generation prompt). Environments are plain classes: call them directly
+to debug; the stage's Ray actor (`EnvPool`) only scores batches of them in parallel. A user's own
+environments live in any importable module that registers them; the RL stages import the modules
+listed in `grpo.env_modules`.
+
+Multi-turn environments (tool use) also implement `initial_state` and `step`: after every
+assistant turn the rollout calls `step`, which returns the messages to feed back (tool results)
+or None to end the episode; `score` then also receives the final state.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
+import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -25,12 +33,25 @@ class Score:
 
 class Environment:
     name: str = ""
+    timeout_s: float | None = None  # per-sample scoring limit; None: the run's grpo.score_timeout_s
+    multi_turn: bool = False
 
     def score(self, task: dict, response: str) -> Score:
         raise NotImplementedError
 
+    # -- multi-turn environments only ------------------------------------------------------
+    def initial_state(self, task: dict) -> Any:
+        return None
+
+    def step(self, task: dict, state: Any, turn: str) -> tuple[list[dict] | None, Any]:
+        """After an assistant turn (its generated text): (messages to feed back, new state);
+        None as messages ends the episode."""
+        return None, state
+
 
 REGISTRY: dict[str, type[Environment]] = {}
+BUILTIN_MODULES = ["grpo.envs.math_env", "grpo.envs.code_env", "grpo.envs.mcqa", "grpo.envs.instruction_following",
+                   "grpo.envs.structured_output"]
 
 
 def register(cls: type[Environment]) -> type[Environment]:
@@ -45,9 +66,7 @@ def load_modules(modules: list[str] = ()) -> list[str]:
     returns every registered name."""
     import importlib
 
-    from grpo.envs import math_env  # noqa: F401  (registers itself)
-
-    for m in modules:
+    for m in [*BUILTIN_MODULES, *modules]:
         importlib.import_module(m)
     return sorted(REGISTRY)
 
@@ -58,43 +77,75 @@ def make(name: str, **kwargs) -> Environment:
     return REGISTRY[name](**kwargs)
 
 
-_POOL = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="env-score")
+def call_safely(fn, *args, timeout_s: float) -> tuple[Any, str | None]:
+    """(fn(*args), None), or (None, reason) when it raised or ran past `timeout_s`.
 
-
-def score_safely(env: Environment, task: dict, response: str, timeout_s: float = 10.0) -> Score:
-    """Never raises and never hangs the run: errors and timeouts become reward 0 with the reason.
-
-    (A verifier stuck in pure Python cannot be killed from a thread; it is abandoned, and untrusted
-    code never runs here: the code environment has its own process sandbox.)
+    The call runs in a thread of its own: a verifier stuck in pure Python cannot be killed, so it
+    is abandoned (daemon thread) and never blocks the run. Untrusted code never runs here: the
+    code environment runs programs in a process sandbox with its own limits.
     """
-    fut = _POOL.submit(env.score, task, response)
-    try:
-        s = fut.result(timeout=timeout_s)
-        return s if isinstance(s, Score) else Score(0.0, f"error: {env.name}.score returned {type(s).__name__}")
-    except cf.TimeoutError:
-        return Score(0.0, f"timeout after {timeout_s:g}s")
-    except Exception as e:  # noqa: BLE001 - any verifier failure is a 0 reward, logged with its reason
-        return Score(0.0, f"error: {type(e).__name__}: {e}")
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn(*args)
+        except Exception as e:  # noqa: BLE001 - any verifier failure is reported with its reason
+            box["error"] = f"error: {type(e).__name__}: {e}"
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        return None, f"timeout after {timeout_s:g}s"
+    return box.get("value"), box.get("error")
 
 
-def score_batch(envs: dict[str, Environment], items: list[tuple[dict, str]], timeout_s: float = 10.0) -> list[Score]:
-    """Score (task, response) pairs, each with the environment its task names."""
-    out = []
-    for task, response in items:
-        env = envs.get(task.get("env", ""))
-        out.append(score_safely(env, task, response, timeout_s) if env is not None
-                   else Score(0.0, f"error: no environment {task.get('env')!r} in this run"))
-    return out
+def score_safely(env: Environment, task: dict, response: str, timeout_s: float = 10.0, *state) -> Score:
+    """Never raises and never hangs the run: errors and timeouts become reward 0 with the reason."""
+    s, error = call_safely(env.score, task, response, *state, timeout_s=env.timeout_s or timeout_s)
+    if error:
+        return Score(0.0, error)
+    return s if isinstance(s, Score) else Score(0.0, f"error: {env.name}.score returned {type(s).__name__}")
+
+
+def score_batch(envs: dict[str, Environment], items: list[tuple], timeout_s: float = 10.0,
+                workers: int = 0) -> list[Score]:
+    """Score (task, response[, state]) items in parallel (`workers` threads; 0: one per core), each
+    with the environment its task names. Results keep the order of `items`."""
+    def one(item) -> Score:
+        env = envs.get(item[0].get("env", ""))
+        if env is None:
+            return Score(0.0, f"error: no environment {item[0].get('env')!r} in this run")
+        return score_safely(env, item[0], item[1], timeout_s, *item[2:])
+
+    with cf.ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        return list(pool.map(one, items))
 
 
 class EnvPool:
-    """The environments of a run, scoring batches; the stage runs it as a Ray actor."""
+    """The environments of a run, scoring batches (and stepping multi-turn episodes); the stage
+    runs it as a Ray actor."""
 
     def __init__(self, names: list[str], timeout_s: float = 10.0, options: dict | None = None,
-                 modules: list[str] = ()):
+                 modules: list[str] = (), workers: int = 0):
         load_modules(modules)
         self.envs = {n: make(n, **(options or {}).get(n, {})) for n in names}
-        self.timeout_s = timeout_s
+        self.timeout_s, self.workers = timeout_s, workers
 
-    def score(self, items: list[tuple[dict, str]]) -> list[Score]:
-        return score_batch(self.envs, items, self.timeout_s)
+    def score(self, items: list[tuple]) -> list[Score]:
+        return score_batch(self.envs, items, self.timeout_s, self.workers)
+
+    def initial_states(self, tasks: list[dict]) -> list[Any]:
+        return [self.envs[t["env"]].initial_state(t) for t in tasks]
+
+    def step(self, items: list[tuple[dict, Any, str]]) -> list[tuple[list[dict] | None, Any, str | None]]:
+        """(messages or None, new state, error or None) per (task, state, turn text); an error ends
+        that episode."""
+        def one(item):
+            task, state, turn = item
+            env = self.envs[task["env"]]
+            out, error = call_safely(env.step, task, state, turn, timeout_s=env.timeout_s or self.timeout_s)
+            return (None, state, error) if error else (*out, None)
+
+        with cf.ThreadPoolExecutor(max_workers=self.workers or os.cpu_count() or 1) as pool:
+            return list(pool.map(one, items))

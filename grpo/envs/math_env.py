@@ -9,17 +9,25 @@ from grpo.envs import Environment, Score, register
 logging.getLogger("math_verify").setLevel(logging.ERROR)  # timeouts are enforced by score_safely
 
 
+def boxed_contents(text: str) -> list[str]:
+    """Contents of every complete `\\boxed{...}` (balanced braces), in order."""
+    out, start = [], text.find("\\boxed{")
+    while start >= 0:
+        i, depth = start + len("\\boxed{"), 1
+        for j in range(i, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            if depth == 0:
+                out.append(text[i:j])
+                break
+        start = text.find("\\boxed{", start + 1)
+    return out
+
+
 def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` (balanced braces), or None."""
+    """Content of the last `\\boxed{...}`, or None (also when that last box is never closed)."""
     start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    i, depth = start + len("\\boxed{"), 1
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j]
-    return None
+    boxes = boxed_contents(text[start:]) if start >= 0 else []
+    return boxes[0] if boxes else None
 
 
 @register
