@@ -48,6 +48,23 @@ def prompt_ids(tokenizer, messages: list[dict], tools: list[dict] | None = None,
     return _encode(tokenizer, text)
 
 
+def continuation_ids(tokenizer, messages: list[dict], tools: list[dict] | None = None, *,
+                     enable_thinking: bool = True) -> list[int]:
+    """Token ids to append after a generated assistant turn (which ended with `<|im_end|>`) to feed
+    `messages` back (tool results, a user turn) and open the next assistant turn (multi-turn RL).
+
+    The template's own text between the two, found by rendering a stand-in conversation with and
+    without `messages`, so the format is still stated only in the template.
+    """
+    probe = [{"role": "user", "content": "-"}, {"role": "assistant", "content": "-"}]
+    before = render_text(tokenizer, probe, tools)
+    after = render_text(tokenizer, probe + list(messages), tools, add_generation_prompt=True,
+                        enable_thinking=enable_thinking)
+    if not (before.endswith("<|im_end|>\n") and after.startswith(before)):
+        raise ConversationError("the template does not continue an assistant turn with these messages")
+    return _encode(tokenizer, after[len(before) - 1:])  # from the newline after <|im_end|>
+
+
 def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 

@@ -8,6 +8,7 @@ weights after every update. One interface, two engines, chosen by config (never 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -25,6 +26,11 @@ class Sample:
     response_ids: list[int]
     logprobs: list[float]  # the rollout engine's log-prob of each response token
     truncated: bool  # stopped by max_new_tokens, not by end of turn
+    # Multi-turn episodes: 1 for tokens the policy generated, 0 for tokens the environment fed
+    # back (tool results, next-turn prompts), which are never trained; None: all generated.
+    mask: list[int] | None = None
+    env_state: Any = None  # what a multi-turn episode left for scoring (e.g. the final database)
+    env_error: str | None = None  # the environment failed during the episode: reward 0 with this reason
 
 
 class RolloutBackend:

@@ -112,3 +112,27 @@ def group_by_env(tasks: list[dict]) -> dict[str, list[dict]]:
     for t in tasks:
         out.setdefault(t["env"], []).append(t)
     return out
+
+
+BUILTIN_TRAIN, BUILTIN_HELDOUT = 500, 64
+
+
+def builtin_env_tasks(name: str, seed: int) -> list[dict] | None:
+    """`<env>_train` / `<env>_heldout`: the default tasks an environment module generates (its
+    `generate_tasks(n, seed)`), or None. No held-out task equals a train task (prompt and verifier
+    fields); with the toy generators the same prompt may recur with other test values."""
+    import sys
+
+    from grpo.envs import REGISTRY, load_modules
+
+    env, _, split = name.rpartition("_")
+    gen = getattr(sys.modules[REGISTRY[env].__module__], "generate_tasks", None) if env in load_modules() else None
+    if split not in ("train", "heldout") or gen is None:
+        return None
+    train = gen(BUILTIN_TRAIN, seed + 1)
+    if split == "train":
+        return train
+    key = lambda t: json.dumps({k: v for k, v in t.items() if k != "id"}, sort_keys=True)  # noqa: E731
+    seen = {key(t) for t in train}
+    return [t for t in gen(BUILTIN_HELDOUT * 4, seed + 2) if key(t) not in seen][:BUILTIN_HELDOUT]
+

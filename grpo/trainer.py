@@ -32,12 +32,13 @@ class TrainBatch:
     attention_mask: torch.Tensor  # [N, L]
     response_mask: torch.Tensor  # [N, L-1] float: 1 where position t predicts a trained response token
     rollout_logp: torch.Tensor  # [N, L-1] the rollout engine's log-probs at those positions
-    generated_mask: torch.Tensor  # [N, L-1] float: every response token, trained or not (health metrics)
+    generated_mask: torch.Tensor  # [N, L-1] float: every token the policy generated, trained or not
     advantages: torch.Tensor  # [N]
 
 
 def build_batch(samples: list[Sample], advantages: list[float], trained: list[bool], pad_id: int) -> TrainBatch:
-    """Right-padded tensors; `trained[i]=False` (truncated, zero-variance...) keeps sample i out of the loss."""
+    """Right-padded tensors; `trained[i]=False` (truncated, zero-variance...) keeps sample i out of the
+    loss, and tokens an environment fed back (Sample.mask 0) never enter it."""
     n, width = len(samples), max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     attn = torch.zeros((n, width), dtype=torch.long)
@@ -50,9 +51,9 @@ def build_batch(samples: list[Sample], advantages: list[float], trained: list[bo
         attn[i, : p + r] = 1
         if r:
             rlp[i, p - 1: p - 1 + r] = torch.tensor(s.logprobs, dtype=torch.float32)
-            generated[i, p - 1: p - 1 + r] = 1.0
+            generated[i, p - 1: p - 1 + r] = torch.tensor(s.mask, dtype=torch.float32) if s.mask is not None else 1.0
             if trained[i]:
-                mask[i, p - 1: p - 1 + r] = 1.0
+                mask[i, p - 1: p - 1 + r] = generated[i, p - 1: p - 1 + r]
     return TrainBatch(ids, attn, mask, rlp, generated, torch.tensor(advantages, dtype=torch.float32))
 
 
@@ -147,12 +148,13 @@ class PolicyTrainer:
             (loss * world / max(n_tokens, 1.0)).backward()  # x world: FSDP2 averages gradients over ranks
             totals += torch.tensor([st["clip_count"], st["kl_sum"], float(loss.detach())])
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.grad_clip)
+        lr = self.scheduler.get_last_lr()[0]  # the rate of this update
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         clip_count, kl_sum, loss_sum = self.dist.reduce_sum(totals).tolist()
         denom = max(n_tokens, 1.0)
-        return {"loss": loss_sum / denom, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
+        return {"loss": loss_sum / denom, "grad_norm": float(grad_norm), "lr": lr,
                 "clip_fraction": clip_count / denom, "kl": kl_sum / denom,
                 "trained_tokens": n_tokens, "is_weight_mean": float(masked_mean(weights, batch.generated_mask)),
                 "mismatch_masked_fraction": float(1 - keep.mean()),

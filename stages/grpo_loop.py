@@ -12,6 +12,7 @@ One step = sample prompts (fixed env ratios) -> generate G responses each -> sco
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -22,11 +23,12 @@ from typing import Optional
 
 import torch
 
-from chat_template.render import prompt_ids
+from chat_template.render import continuation_ids, prompt_ids
 from common import ray_utils
 from common.models import load_tokenizer
 from grpo.algorithm import PolicyLossConfig, group_advantages, zero_variance_groups
-from grpo.envs import EnvPool, load_modules
+from grpo.envs import REGISTRY, EnvPool, Score, load_modules
+from grpo.multiturn import run_episodes
 from grpo.rollout import SamplingConfig, backend_class
 from grpo.tasks import TaskError, TaskSampler, group_by_env, load_tasks
 from grpo.trainer import OptimConfig, PolicyTrainer, build_batch
@@ -71,7 +73,7 @@ class GRPOConfig:
     train_tasks: list[str] = field(default_factory=lambda: ["builtin:math_train"])
     val_tasks: list[str] = field(default_factory=lambda: ["builtin:math_heldout"])
     val_every: int = 10
-    val_size: int = 64
+    val_size: int = 64  # held-out tasks per environment
     val_max_new_tokens: int = 64
     score_timeout_s: float = 10.0
     ray_address: Optional[str] = None
@@ -105,6 +107,7 @@ class GRPORun:
     sampler: TaskSampler
     val_tasks: list[dict]
     files: list[str]  # task files, for the lineage record
+    multi_turn: dict[str, int] = field(default_factory=dict)  # multi-turn env name -> default max turns
     weight_specs: list | None = None  # set when refitting by broadcast
 
     # ------------------------------------------------------------------ phases
@@ -113,8 +116,30 @@ class GRPORun:
                            enable_thinking=t.get("enable_thinking", self.g.enable_thinking)) for t in tasks]
 
     def generate(self, tasks: list[dict], n: int, sampling: SamplingConfig, seed: int) -> list[list]:
+        """n samples per task: single-turn prompts in one batch, multi-turn tasks as episodes."""
+        groups: list = [None] * len(tasks)
+        multi = [i for i, t in enumerate(tasks) if t["env"] in self.multi_turn]
+        single = [i for i in range(len(tasks)) if i not in set(multi)]
+        if single:
+            for i, grp in zip(single, self.generate_ids(self.prompts([tasks[i] for i in single]), n, sampling, seed)):
+                groups[i] = grp
+        if multi:
+            seeds = itertools.count(seed + 7919, 7919)
+            episodes = run_episodes(
+                [tasks[i] for i in multi], self.prompts([tasks[i] for i in multi]), n,
+                generate=lambda ps: [grp[0] for grp in self.generate_ids(ps, 1, sampling, next(seeds))],
+                initial_states=lambda ts: ray_utils.get(self.envs.initial_states.remote(ts)),
+                step=lambda items: ray_utils.get(self.envs.step.remote(items)),
+                feed_back=lambda t, msgs: continuation_ids(self.tok, msgs, t.get("tools"), enable_thinking=t.get(
+                    "enable_thinking", self.g.enable_thinking)),
+                decode=self.decode, max_turns=lambda t: t.get("max_turns", self.multi_turn[t["env"]]),
+                max_len=self.g.rollout.max_model_len, max_new_tokens=sampling.max_new_tokens)
+            for i, grp in zip(multi, episodes):
+                groups[i] = grp
+        return groups
+
+    def generate_ids(self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int) -> list[list]:
         """Prompts split round-robin over the rollout workers, generated in parallel."""
-        prompts = self.prompts(tasks)
         k = len(self.workers)
         parts = ray_utils.get([w.generate.remote(prompts[i::k], n, sampling, seed + i * 100_003)
                                for i, w in enumerate(self.workers)])
@@ -123,10 +148,18 @@ class GRPORun:
             groups[i::k] = part
         return groups
 
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False)
+
     def score(self, tasks: list[dict], groups: list[list]) -> tuple[torch.Tensor, list]:
-        items = [(t, self.tok.decode(s.response_ids, skip_special_tokens=False)) for t, g in zip(tasks, groups) for s in g]
-        scores = ray_utils.get(self.envs.score.remote(items))
-        for (t, _), s in zip(items, scores):
+        """Scores of every sample; a multi-turn episode is scored with its final state, and one whose
+        environment failed mid-episode gets 0 with that error."""
+        flat = [(t, s) for t, grp in zip(tasks, groups) for s in grp]
+        items = [(t, self.decode(s.response_ids), *((s.env_state,) if t["env"] in self.multi_turn else ()))
+                 for t, s in flat if s.env_error is None]
+        scored = iter(ray_utils.get(self.envs.score.remote(items)) if items else [])
+        scores = [Score(0.0, s.env_error) if s.env_error else next(scored) for _, s in flat]
+        for (t, _), s in zip(flat, scores):
             if s.reason.startswith(("error", "timeout")):
                 log.warning("env %s task %s: %s (reward 0)", t.get("env"), t.get("id"), s.reason)
         rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32).view(len(groups), -1)
@@ -248,7 +281,8 @@ def setup(cfg, model_dir: str, resume_from: str | None) -> GRPORun:
     data_dir = Path(cfg.runs_dir) / cfg.exp / "data"
     try:
         train = [t for f in g.train_tasks for t in load_tasks(builtin_data(f, data_dir, cfg.seed))]
-        val = [t for f in g.val_tasks for t in load_tasks(builtin_data(f, data_dir, cfg.seed))][: g.val_size]
+        val = [t for f in g.val_tasks for t in load_tasks(builtin_data(f, data_dir, cfg.seed))]
+        val = [t for env_tasks in group_by_env(val).values() for t in env_tasks[: g.val_size]]
         sampler = TaskSampler(group_by_env(train), dict(g.env_ratios), seed=cfg.seed)
     except TaskError as e:
         raise UserError(str(e)) from None
@@ -266,7 +300,8 @@ def setup(cfg, model_dir: str, resume_from: str | None) -> GRPORun:
     reference = (ray_utils.ActorGroup(PolicyTrainer, n, model_dir, g.optim, g.loss, trainable=False, **ranks)
                  if g.loss.kl_coef > 0 else None)
     envs = ray_utils.actor(EnvPool, sorted(g.env_ratios), g.score_timeout_s, modules=list(g.env_modules))
-    run = GRPORun(cfg, g, tok, trainer, reference, workers, envs, sampler, val, files)
+    run = GRPORun(cfg, g, tok, trainer, reference, workers, envs, sampler, val, files,
+                  multi_turn={n: REGISTRY[n].max_turns for n in g.env_ratios if REGISTRY[n].multi_turn})
     if g.rollout.refit == "broadcast":
         addr, port = trainer.rank0_address()
         world = 1 + len(workers)

@@ -36,15 +36,18 @@ def builtin_data(path: str, data_dir: Path, seed: int) -> str:
     if not path.startswith("builtin:"):
         return path
     from common.synthetic import BUILTIN
+    from grpo.tasks import builtin_env_tasks
     from stages.cli import UserError
 
     name = path.split(":", 1)[1]
-    if name not in BUILTIN:
-        raise UserError(f"{path}: unknown built-in dataset (have {sorted(BUILTIN)})")
     out = data_dir / f"{name}.jsonl"
     if not out.is_file():
+        rows = BUILTIN[name](seed) if name in BUILTIN else builtin_env_tasks(name, seed)
+        if rows is None:
+            raise UserError(f"{path}: unknown built-in dataset (have {sorted(BUILTIN)}, and <env>_train / "
+                            "<env>_heldout for every environment with generated tasks)")
         data_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.write_text_atomic(out, "".join(json.dumps(r) + "\n" for r in BUILTIN[name](seed)))
+        ckpt.write_text_atomic(out, "".join(json.dumps(r) + "\n" for r in rows))
     return str(out)
 
 

@@ -192,3 +192,26 @@ def test_grpo_raises_a_learnable_reward(sft_parent):
     print("digit share per step:", [round(m, 3) for m in means])
     first, last = sum(means[:3]) / 3, sum(means[-3:]) / 3
     assert last > 2 * first and last - first > 0.02
+
+
+def test_all_environments_mixed_in_one_run(sft_parent, tmp_path):
+    """configs/rlvr_all.yaml: one prompt per environment per step (tool use multi-turn, code in the
+    sandbox), metrics and validation per environment."""
+    shutil.copytree(sft_parent / "p" / "sft", tmp_path / "all" / "sft")
+    envs = ["math", "code", "mcqa", "instruction_following", "structured_output", "tool_use"]
+    res = subprocess.run([sys.executable, "-m", "stages.rlvr", "--config", "configs/rlvr_all.yaml",
+                          f"runs_dir={tmp_path}", "exp=all", "grpo.max_steps=2", "grpo.prompts_per_step=6",
+                          "grpo.group_size=2", "grpo.sampling.max_new_tokens=24", "grpo.val_size=2",
+                          "grpo.val_every=2", "grpo.val_max_new_tokens=24", "logging.progress_bar=false",
+                          "grpo.env_ratios={" + ", ".join(f"{e}: 1" for e in envs) + "}"],
+                         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = read_metrics(tmp_path / "all" / "rlvr" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    for env in envs:
+        assert all(f"reward/{env}/mean" in r for r in rows[1:]), env
+        assert f"val/{env}/accuracy" in rows[0] and f"val/{env}/accuracy" in rows[2], env
+    assert "tool_use/changed" in rows[1] and "code/has_code" in rows[1] and "mcqa/answered" in rows[1]
+    rec = lineage.read(tmp_path / "all" / "rlvr")
+    assert rec["status"] == "finished" and len(rec["data"]) == 12
+

@@ -35,6 +35,7 @@ class Environment:
     name: str = ""
     timeout_s: float | None = None  # per-sample scoring limit; None: the run's grpo.score_timeout_s
     multi_turn: bool = False
+    max_turns: int = 1  # multi-turn: assistant turns per episode (a task's "max_turns" overrides it)
 
     def score(self, task: dict, response: str) -> Score:
         raise NotImplementedError
@@ -51,7 +52,7 @@ class Environment:
 
 REGISTRY: dict[str, type[Environment]] = {}
 BUILTIN_MODULES = ["grpo.envs.math_env", "grpo.envs.code_env", "grpo.envs.mcqa", "grpo.envs.instruction_following",
-                   "grpo.envs.structured_output"]
+                   "grpo.envs.structured_output", "grpo.envs.tool_use"]
 
 
 def register(cls: type[Environment]) -> type[Environment]:

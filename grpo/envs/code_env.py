@@ -10,6 +10,7 @@ trailing blank lines. Reward 1 only when every test passes; the first failure is
 """
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import replace
 
@@ -68,3 +69,30 @@ class CodeEnv(Environment):
             if reason:
                 return Score(0.0, reason, {"has_code": 1.0, "pass_fraction": passed / len(runs)})
         return Score(1.0, f"passed {len(runs)}/{len(runs)} runs", {"has_code": 1.0, "pass_fraction": 1.0})
+
+
+_STDIN = {"sum": lambda a, b: a + b, "difference": lambda a, b: a - b, "product": lambda a, b: a * b,
+          "maximum": max}
+_FUNCS = {"double": ("twice x", lambda x: 2 * x), "square": ("x squared", lambda x: x * x),
+          "inc": ("x plus one", lambda x: x + 1)}
+
+
+def generate_tasks(n: int, seed: int) -> list[dict]:
+    """Tiny programs: read two integers and print a combination (stdin/stdout tests), or write a
+    one-line function (assert tests)."""
+    rng, out = random.Random(seed), []
+    for i in range(n):
+        task = {"id": f"code-{seed}-{i}", "env": "code"}
+        if rng.random() < 0.5:
+            op = rng.choice(sorted(_STDIN))
+            pairs = [(rng.randint(-9, 9), rng.randint(-9, 9)) for _ in range(3)]
+            prompt = f"Read two integers from one line and print their {op}."
+            task["tests"] = [{"input": f"{a} {b}\n", "output": f"{_STDIN[op](a, b)}\n"} for a, b in pairs]
+        else:
+            name = rng.choice(sorted(_FUNCS))
+            what, fn = _FUNCS[name]
+            prompt = f"Write a Python function {name}(x) that returns {what}."
+            task["asserts"] = [f"assert {name}({x}) == {fn(x)}" for x in rng.sample(range(-9, 10), 3)]
+        task["messages"] = [{"role": "user", "content": prompt + " Answer with the code in a ```python block."}]
+        out.append(task)
+    return out
