@@ -9,6 +9,7 @@ Task row (one JSON object per line):
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,7 @@ class TaskSampler:
         random.Random(f"{self.seed}-{env}-{epoch}").shuffle(order)
         return order
 
-    def sample(self, n: int) -> list[dict]:
+    def sample(self, n: int, step: int = 0) -> list[dict]:
         out = []
         for env, count in split_counts(self.ratios, n).items():
             for _ in range(count):
@@ -105,6 +106,66 @@ class TaskSampler:
 
     def restore(self, state: dict) -> None:
         self.position = {k: list(v) for k, v in state.items()}
+
+    def stats(self, tasks: list[dict], step: int) -> dict:
+        return {}
+
+
+@dataclass
+class CurriculumConfig:
+    enabled: bool = False
+    profile_samples: int = 4  # responses per task in the profiling pass (the starting checkpoint)
+    profile_tasks: int = 0  # tasks profiled per environment (the rest are not used); 0: all
+    drop_above: float = 1.0  # tasks whose profiled pass rate reaches this are dropped (always solved)
+    start_pass_rate: float = 0.8  # the pass rate the sampler aims at on the first step (easy)...
+    end_pass_rate: float = 0.2  # ...and on the last (hard), linearly in between
+    width: float = 0.15  # standard deviation of the Gaussian over pass rates
+
+
+class CurriculumSampler:
+    """Easy to hard, with every batch still holding each environment's fixed share.
+
+    Within an environment, tasks are drawn without replacement with weight
+    exp(-(pass_rate - target)^2 / (2 width^2)), the target moving from `start_pass_rate` to
+    `end_pass_rate` over `total_steps`. Pass rates come from a profiling pass with the starting
+    checkpoint; tasks it found always solved were dropped before. Draws are seeded by (seed,
+    environment, draw number): `state()` is that number, so a resumed run draws the same tasks.
+    """
+
+    def __init__(self, by_env: dict[str, list[dict]], ratios: dict[str, float], pass_rates: dict[str, float],
+                 cfg: CurriculumConfig, total_steps: int, seed: int = 0):
+        self.by_env = {env: [t for t in tasks if t["id"] in pass_rates] for env, tasks in by_env.items()}
+        empty = [e for e in ratios if not self.by_env.get(e)]
+        if empty:
+            raise TaskError(f"curriculum: no task left for {empty} (none profiled, or all always solved)")
+        self.ratios, self.rates, self.cfg, self.total, self.seed = ratios, pass_rates, cfg, total_steps, seed
+        self.draws = 0
+
+    def target(self, step: int) -> float:
+        progress = min(max(step - 1, 0) / max(self.total - 1, 1), 1.0)
+        return self.cfg.start_pass_rate + (self.cfg.end_pass_rate - self.cfg.start_pass_rate) * progress
+
+    def sample(self, n: int, step: int = 0) -> list[dict]:
+        target, out = self.target(step), []
+        for env, count in split_counts(self.ratios, n).items():
+            rng, tasks = random.Random(f"{self.seed}-{env}-{self.draws}"), self.by_env[env]
+            weights = [math.exp(-(self.rates[t["id"]] - target) ** 2 / (2 * self.cfg.width ** 2)) + 1e-12
+                       for t in tasks]
+            keys = sorted(range(len(tasks)), key=lambda i: rng.random() ** (1 / weights[i]), reverse=True)
+            out += [tasks[i] for i in (keys * count)[:count]]  # distinct unless the env has fewer tasks
+        self.draws += 1
+        return out
+
+    def state(self) -> dict:
+        return {"draws": self.draws}
+
+    def restore(self, state: dict) -> None:
+        self.draws = state["draws"]
+
+    def stats(self, tasks: list[dict], step: int) -> dict:
+        """The step's target and the profiled pass rate of the tasks it trained on."""
+        return {"curriculum/target_pass_rate": self.target(step),
+                "curriculum/sampled_pass_rate": sum(self.rates[t["id"]] for t in tasks) / max(len(tasks), 1)}
 
 
 def group_by_env(tasks: list[dict]) -> dict[str, list[dict]]:

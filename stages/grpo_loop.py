@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -27,10 +27,10 @@ from chat_template.render import continuation_ids, prompt_ids
 from common import ray_utils
 from common.models import load_tokenizer
 from grpo.algorithm import PolicyLossConfig, group_advantages, zero_variance_groups
-from grpo.envs import REGISTRY, EnvPool, Score, load_modules
+from grpo.envs import REGISTRY, EnvPool, Score, load_modules, make
 from grpo.multiturn import run_episodes
 from grpo.rollout import SamplingConfig, backend_class
-from grpo.tasks import TaskError, TaskSampler, group_by_env, load_tasks
+from grpo.tasks import CurriculumConfig, CurriculumSampler, TaskError, TaskSampler, group_by_env, load_tasks
 from grpo.trainer import OptimConfig, PolicyTrainer, build_batch
 from stages import checkpoint as ckpt
 from stages.cli import UserError
@@ -70,6 +70,8 @@ class GRPOConfig:
     enable_thinking: bool = True
     env_ratios: dict[str, float] = field(default_factory=lambda: {"math": 1.0})
     env_modules: list[str] = field(default_factory=list)  # modules that register more environments
+    env_options: dict[str, Any] = field(default_factory=dict)  # env name -> its constructor options
+    score_workers: int = 0  # scoring threads in the environment actor; 0: one per CPU core
     train_tasks: list[str] = field(default_factory=lambda: ["builtin:math_train"])
     val_tasks: list[str] = field(default_factory=lambda: ["builtin:math_heldout"])
     val_every: int = 10
@@ -82,6 +84,7 @@ class GRPOConfig:
     loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
 
 
 class PhaseTimer:
@@ -104,7 +107,7 @@ class GRPORun:
     reference: ray_utils.ActorGroup | None
     workers: list
     envs: object
-    sampler: TaskSampler
+    sampler: TaskSampler | CurriculumSampler
     val_tasks: list[dict]
     files: list[str]  # task files, for the lineage record
     multi_turn: dict[str, int] = field(default_factory=dict)  # multi-turn env name -> default max turns
@@ -155,10 +158,11 @@ class GRPORun:
         """Scores of every sample; a multi-turn episode is scored with its final state, and one whose
         environment failed mid-episode gets 0 with that error."""
         flat = [(t, s) for t, grp in zip(tasks, groups) for s in grp]
-        items = [(t, self.decode(s.response_ids), *((s.env_state,) if t["env"] in self.multi_turn else ()))
-                 for t, s in flat if s.env_error is None]
-        scored = iter(ray_utils.get(self.envs.score.remote(items)) if items else [])
-        scores = [Score(0.0, s.env_error) if s.env_error else next(scored) for _, s in flat]
+        batch = [(t, [self.decode(s.response_ids) for s in grp],
+                  *(([s.env_state for s in grp],) if t["env"] in self.multi_turn else ()))
+                 for t, grp in zip(tasks, groups)]
+        scored = [s for grp in ray_utils.get(self.envs.score_groups.remote(batch)) for s in grp]
+        scores = [Score(0.0, s.env_error) if s.env_error else sc for (_, s), sc in zip(flat, scored)]
         for (t, _), s in zip(flat, scores):
             if s.reason.startswith(("error", "timeout")):
                 log.warning("env %s task %s: %s (reward 0)", t.get("env"), t.get("id"), s.reason)
@@ -177,7 +181,7 @@ class GRPORun:
 def collect(run: GRPORun, step: int, timer: PhaseTimer):
     """Sample prompts and their groups; with dynamic sampling, swap zero-variance groups for fresh ones."""
     g = run.g
-    tasks = run.sampler.sample(g.prompts_per_step)
+    tasks = run.sampler.sample(g.prompts_per_step, step)
     with timer("generate"):
         groups = run.generate(tasks, g.group_size, g.sampling, seed=step * 1_000_003)
     with timer("score"):
@@ -186,7 +190,7 @@ def collect(run: GRPORun, step: int, timer: PhaseTimer):
     while g.dynamic_sampling and rounds < g.max_resample_rounds and zero_variance_groups(rewards).any():
         rounds += 1
         dead = zero_variance_groups(rewards).nonzero().flatten().tolist()
-        extra = run.sampler.sample(len(dead))
+        extra = run.sampler.sample(len(dead), step)
         with timer("generate"):
             new = run.generate(extra, g.group_size, g.sampling, seed=step * 1_000_003 + rounds * 7919)
         with timer("score"):
@@ -217,8 +221,8 @@ def grpo_step(run: GRPORun, step: int) -> dict:
         run.refit()
     gen_tokens = sum(len(s.response_ids) for s in samples)
     tasks_hash = hashlib.sha1(",".join(str(t["id"]) for t in tasks).encode()).hexdigest()[:12]
-    return {**update, **reward_metrics(tasks, rewards, scores, samples), "resample_rounds": rounds,
-            "tasks_hash": tasks_hash,
+    return {**update, **reward_metrics(tasks, rewards, scores, samples), **run.sampler.stats(tasks, step),
+            "resample_rounds": rounds, "tasks_hash": tasks_hash,
             "zero_variance_fraction": float(zero_variance_groups(rewards).float().mean()),
             "gen_tokens_per_s": gen_tokens / max(timer.times["time/generate_s"], 1e-9), **timer.times,
             "time/step_s": sum(timer.times.values())}
@@ -265,10 +269,8 @@ def validate(run: GRPORun) -> dict:
 
 
 # ---------------------------------------------------------------------------------- the stage
-def setup(cfg, model_dir: str, resume_from: str | None) -> GRPORun:
-    g = cfg.grpo
-    if g.rollout.refit not in ("object_store", "broadcast"):
-        raise UserError(f"grpo.rollout.refit: {g.rollout.refit!r} (object_store or broadcast)")
+def check_environments(g) -> None:
+    """Unknown environments, modules and options fail here, before any actor starts."""
     try:
         registered = load_modules(g.env_modules)
     except ImportError as e:
@@ -277,6 +279,21 @@ def setup(cfg, model_dir: str, resume_from: str | None) -> GRPORun:
     if unknown:
         raise UserError(f"grpo.env_ratios: no environment named {unknown}; registered: {registered} "
                         "(list the module that registers it in grpo.env_modules)")
+    extra = sorted(set(g.env_options) - set(g.env_ratios))
+    if extra:
+        raise UserError(f"grpo.env_options: {extra} are not environments of this run ({sorted(g.env_ratios)})")
+    for name in g.env_ratios:
+        try:
+            make(name, **dict(g.env_options.get(name, {})))
+        except Exception as e:  # a bad option (TypeError) or an environment that cannot run here
+            raise UserError(f"grpo.env_options.{name}: {e}") from None
+
+
+def setup(cfg, model_dir: str, resume_from: str | None) -> GRPORun:
+    g = cfg.grpo
+    if g.rollout.refit not in ("object_store", "broadcast"):
+        raise UserError(f"grpo.rollout.refit: {g.rollout.refit!r} (object_store or broadcast)")
+    check_environments(g)
     tok = load_tokenizer(type(cfg.model)(name_or_path=model_dir))
     data_dir = Path(cfg.runs_dir) / cfg.exp / "data"
     try:
@@ -299,7 +316,8 @@ def setup(cfg, model_dir: str, resume_from: str | None) -> GRPORun:
     trainer = ray_utils.ActorGroup(PolicyTrainer, n, start_from, g.optim, g.loss, seed=cfg.seed, **ranks)
     reference = (ray_utils.ActorGroup(PolicyTrainer, n, model_dir, g.optim, g.loss, trainable=False, **ranks)
                  if g.loss.kl_coef > 0 else None)
-    envs = ray_utils.actor(EnvPool, sorted(g.env_ratios), g.score_timeout_s, modules=list(g.env_modules))
+    envs = ray_utils.actor(EnvPool, sorted(g.env_ratios), g.score_timeout_s, options=dict(g.env_options),
+                           modules=list(g.env_modules), workers=g.score_workers)
     run = GRPORun(cfg, g, tok, trainer, reference, workers, envs, sampler, val, files,
                   multi_turn={n: REGISTRY[n].max_turns for n in g.env_ratios if REGISTRY[n].multi_turn})
     if g.rollout.refit == "broadcast":
@@ -309,6 +327,25 @@ def setup(cfg, model_dir: str, resume_from: str | None) -> GRPORun:
                               [w.open_weight_sync.remote(addr, port, i + 1, world) for i, w in enumerate(workers)])
         run.weight_specs = specs[0]
     return run
+
+
+def curriculum_sampler(run_: StageRun, run: GRPORun) -> CurriculumSampler:
+    """Profile the train tasks with the starting checkpoint (their pass rates over
+    `profile_samples` responses; kept in the stage dir, so a resumed run reuses them), then sample
+    easy to hard among the tasks not always solved."""
+    c, path = run.g.curriculum, run_.dir / "curriculum_profile.json"
+    if run_.resume_from and path.is_file():
+        rates = json.loads(path.read_text())["pass_rates"]
+    else:
+        by_env = run.sampler.by_env
+        tasks = [t for env in sorted(run.g.env_ratios) for t in by_env[env][: c.profile_tasks or None]]
+        rewards, _ = run.score(tasks, run.generate(tasks, c.profile_samples, run.g.sampling, seed=7))
+        rates = {t["id"]: float(r.mean()) for t, r in zip(tasks, rewards)}
+        ckpt.write_text_atomic(path, json.dumps({"profile_samples": c.profile_samples, "pass_rates": rates}))
+    kept = {k: v for k, v in rates.items() if v < c.drop_above}
+    log.info("curriculum: %d tasks profiled, %d always solved dropped, mean pass rate %.3f", len(rates),
+             len(rates) - len(kept), sum(rates.values()) / max(len(rates), 1))
+    return CurriculumSampler(run.sampler.by_env, dict(run.g.env_ratios), kept, c, run.g.max_steps, run.cfg.seed)
 
 
 def host_policy(run: GRPORun, model_dir: str):
@@ -335,6 +372,8 @@ def run_grpo_stage(cfg, stage: str, parent_stage: str) -> dict:
     run_ = StageRun(stage, cfg).start(parent=parent, total_steps=g.max_steps)
     try:
         run = setup(cfg, model_dir, str(run_.resume_from) if run_.resume_from else None)
+        if g.curriculum.enabled:
+            run.sampler = curriculum_sampler(run_, run)
         step = 0
         if run_.resume_from:
             state, opt_state, sched_state = ckpt.load_training_state(run_.resume_from)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from grpo.envs import Environment, EnvPool, Score, make, register, score_batch, score_safely
-from grpo.tasks import TaskError, TaskSampler, group_by_env, load_tasks, split_counts
+from grpo.tasks import (CurriculumConfig, CurriculumSampler, TaskError, TaskSampler, group_by_env, load_tasks,
+                        split_counts)
 
 
 def test_split_counts_keeps_ratios_and_total():
@@ -29,6 +30,34 @@ def test_sampler_fixed_ratios_deterministic_and_resumable():
     assert [[t["id"] for t in s3.sample(8)] for _ in range(3)] == batches[2:]
     with pytest.raises(TaskError, match=r"names \['c'\]"):
         TaskSampler(tasks, {"c": 1})
+
+
+def test_curriculum_keeps_ratios_moves_easy_to_hard_and_resumes():
+    tasks = {e: [{"id": f"{e}{i}", "env": e} for i in range(40)] for e in "ab"}
+    rates = {f"{e}{i}": i / 40 for e in "ab" for i in range(40)}  # pass rate 0 .. 0.975
+    cfg = CurriculumConfig(enabled=True, start_pass_rate=0.9, end_pass_rate=0.1, width=0.1)
+    s = CurriculumSampler(tasks, {"a": 3, "b": 1}, rates, cfg, total_steps=10, seed=1)
+    batches = [s.sample(8, step) for step in range(1, 11)]
+    assert all(sum(t["env"] == "a" for t in b) == 6 for b in batches)  # fixed 3:1 ratio in every batch
+    assert all(len({t["id"] for t in b}) == 8 for b in batches)  # without replacement within a batch
+    mean = [sum(rates[t["id"]] for t in b) / 8 for b in batches]
+    assert mean[0] > 0.7 and mean[-1] < 0.3 and mean[0] > mean[4] > mean[-1]  # easy first, hard last
+    stats = s.stats(batches[0], 1)
+    assert stats["curriculum/target_pass_rate"] == pytest.approx(0.9)
+    assert stats["curriculum/sampled_pass_rate"] == pytest.approx(mean[0])
+    # only profiled tasks are drawn (the stage leaves always-solved ones out of `rates`)
+    kept = {k: v for k, v in rates.items() if not k.endswith("0")}
+    s2 = CurriculumSampler(tasks, {"a": 3, "b": 1}, kept, cfg, total_steps=10, seed=1)
+    assert all(t["id"] in kept for step in range(1, 11) for t in s2.sample(8, step))
+    # resume: a fresh sampler restored to the draw count draws what the first drew next
+    s3 = CurriculumSampler(tasks, {"a": 3, "b": 1}, rates, cfg, total_steps=10, seed=1)
+    s4 = CurriculumSampler(tasks, {"a": 3, "b": 1}, rates, cfg, total_steps=10, seed=1)
+    for step in range(1, 5):
+        s3.sample(8, step)
+    s4.restore(json.loads(json.dumps(s3.state())))
+    assert [t["id"] for t in s4.sample(8, 5)] == [t["id"] for t in batches[4]]
+    with pytest.raises(TaskError, match=r"no task left for \['b'\]"):
+        CurriculumSampler(tasks, {"a": 1, "b": 1}, {k: v for k, v in rates.items() if k[0] == "a"}, cfg, 10)
 
 
 def test_task_file_errors_name_file_line_field(tmp_path):
@@ -101,7 +130,7 @@ def test_env_that_raises_or_hangs_gives_zero_with_reason():
     assert pool.score([({"env": "math", "answer": "4"}, "r\n</think>\n\\boxed{4}")])[0].reward == 1.0
 
 
-def test_unknown_environment_or_module_is_a_clear_error_before_any_work():
+def test_unknown_environment_module_or_option_is_a_clear_error_before_any_work():
     from stages.cli import UserError
     from stages.config import load_config
     from stages.grpo_loop import setup
@@ -112,6 +141,12 @@ def test_unknown_environment_or_module_is_a_clear_error_before_any_work():
         setup(cfg, "no-model-needed", None)
     cfg = load_config(RLVRStageConfig, None, ["grpo.env_modules=[no_such_module]"])
     with pytest.raises(UserError, match="grpo.env_modules: No module named 'no_such_module'"):
+        setup(cfg, "no-model-needed", None)
+    cfg = load_config(RLVRStageConfig, None, ["grpo.env_options={math: {strict: true}}"])
+    with pytest.raises(UserError, match=r"grpo.env_options.math: MathEnv\(\) takes no arguments"):
+        setup(cfg, "no-model-needed", None)
+    cfg = load_config(RLVRStageConfig, None, ["grpo.env_options={code: {}}"])
+    with pytest.raises(UserError, match=r"grpo.env_options: \['code'\] are not environments of this run"):
         setup(cfg, "no-model-needed", None)
 
 

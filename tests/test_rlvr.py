@@ -196,13 +196,15 @@ def test_grpo_raises_a_learnable_reward(sft_parent):
 
 def test_all_environments_mixed_in_one_run(sft_parent, tmp_path):
     """configs/rlvr_all.yaml: one prompt per environment per step (tool use multi-turn, code in the
-    sandbox), metrics and validation per environment."""
+    sandbox), metrics and validation per environment; the curriculum profiles 4 tasks per environment."""
     shutil.copytree(sft_parent / "p" / "sft", tmp_path / "all" / "sft")
     envs = ["math", "code", "mcqa", "instruction_following", "structured_output", "tool_use"]
     res = subprocess.run([sys.executable, "-m", "stages.rlvr", "--config", "configs/rlvr_all.yaml",
                           f"runs_dir={tmp_path}", "exp=all", "grpo.max_steps=2", "grpo.prompts_per_step=6",
                           "grpo.group_size=2", "grpo.sampling.max_new_tokens=24", "grpo.val_size=2",
                           "grpo.val_every=2", "grpo.val_max_new_tokens=24", "logging.progress_bar=false",
+                          "grpo.curriculum.enabled=true", "grpo.curriculum.profile_tasks=4",
+                          "grpo.curriculum.profile_samples=2",
                           "grpo.env_ratios={" + ", ".join(f"{e}: 1" for e in envs) + "}"],
                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -212,6 +214,11 @@ def test_all_environments_mixed_in_one_run(sft_parent, tmp_path):
         assert all(f"reward/{env}/mean" in r for r in rows[1:]), env
         assert f"val/{env}/accuracy" in rows[0] and f"val/{env}/accuracy" in rows[2], env
     assert "tool_use/changed" in rows[1] and "code/has_code" in rows[1] and "mcqa/answered" in rows[1]
+    profile = json.loads((tmp_path / "all" / "rlvr" / "curriculum_profile.json").read_text())
+    assert len(profile["pass_rates"]) == 24 and profile["profile_samples"] == 2
+    assert rows[1]["curriculum/target_pass_rate"] == pytest.approx(0.8)
+    assert rows[2]["curriculum/target_pass_rate"] == pytest.approx(0.2)
+    assert 0.0 <= rows[1]["curriculum/sampled_pass_rate"] <= 1.0
     rec = lineage.read(tmp_path / "all" / "rlvr")
     assert rec["status"] == "finished" and len(rec["data"]) == 12
 

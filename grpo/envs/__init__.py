@@ -36,8 +36,13 @@ class Environment:
     timeout_s: float | None = None  # per-sample scoring limit; None: the run's grpo.score_timeout_s
     multi_turn: bool = False
     max_turns: int = 1  # multi-turn: assistant turns per episode (a task's "max_turns" overrides it)
+    group_scoring: bool = False  # score_groups gets every group of a step at once (a judge comparing them)
 
     def score(self, task: dict, response: str) -> Score:
+        raise NotImplementedError
+
+    def score_groups(self, groups: list[tuple[dict, list[str]]]) -> list[list[Score]]:
+        """Group-scoring environments: one Score per response of each (task, responses) group."""
         raise NotImplementedError
 
     # -- multi-turn environments only ------------------------------------------------------
@@ -135,6 +140,32 @@ class EnvPool:
 
     def score(self, items: list[tuple]) -> list[Score]:
         return score_batch(self.envs, items, self.timeout_s, self.workers)
+
+    def score_groups(self, groups: list[tuple]) -> list[list[Score]]:
+        """(task, responses[, states]) groups -> their Scores; group-scoring environments get all
+        their groups in one call (a judge batches every comparison of the step), the rest are
+        scored sample by sample. A failing group call gives its samples 0 with the reason."""
+        out: list = [None] * len(groups)
+        by_group_env: dict[str, list[int]] = {}
+        flat = []
+        for gi, (task, responses, *states) in enumerate(groups):
+            env = self.envs.get(task.get("env", ""))
+            if env is not None and env.group_scoring:
+                by_group_env.setdefault(env.name, []).append(gi)
+            else:
+                flat += [(gi, (task, r, *(s[k] for s in states))) for k, r in enumerate(responses)]
+        for name, idxs in by_group_env.items():
+            env = self.envs[name]
+            res, error = call_safely(env.score_groups, [groups[i][:2] for i in idxs],
+                                     timeout_s=env.timeout_s or self.timeout_s)
+            for j, gi in enumerate(idxs):
+                n = len(groups[gi][1])
+                ok = not error and isinstance(res, list) and len(res) == len(idxs) and len(res[j]) == n
+                out[gi] = res[j] if ok else [Score(0.0, error or f"error: {name}.score_groups gave no score")] * n
+        scored = score_batch(self.envs, [item for _, item in flat], self.timeout_s, self.workers)
+        for (gi, _), s in zip(flat, scored):
+            out[gi] = (out[gi] or []) + [s]
+        return out
 
     def initial_states(self, tasks: list[dict]) -> list[Any]:
         return [self.envs[t["env"]].initial_state(t) for t in tasks]

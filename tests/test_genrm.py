@@ -1,0 +1,232 @@
+"""GenRM core: judge input/output, group aggregation, training reward, data (pure; no model)."""
+import json
+
+import pytest
+
+from genrm.aggregate import (RewardConfig, comparison_pairs, concise_bonus, group_rewards, length_weights,
+                             pair_scores)
+from genrm.data import PreferenceError, generated_preferences, judge_sft_rows, judge_tasks, load_preferences
+from genrm.envs import GenRMEnv, PairwiseJudgeEnv
+from genrm.judge import (DEFAULT, Judgement, candidate_answer, format_judgement, judge_messages,
+                         judge_training_reward, parse_judgement)
+from genrm.serving import judge_all
+
+OFF = RewardConfig(length_weight_reasoning=0, length_weight_answer=0, bonus_reasoning=0, bonus_answer=0)
+
+
+# ----------------------------------------------------------------------------- judge input
+def test_judge_sees_history_and_final_answers_only():
+    history = [{"role": "user", "content": "Hi"},
+               {"role": "assistant", "content": "<think>greet back</think>Hello!"},
+               {"role": "user", "content": "What is 2 + 2?"}]
+    a1 = candidate_answer("secret reasoning 2+2=4\n</think>\n\nThe answer is 4.")
+    a2 = candidate_answer("still thinking, never closed")  # truncated in the reasoning: no answer
+    text = judge_messages(history, a1, a2)[0]["content"]
+    assert "The answer is 4." in text and "secret reasoning" not in text
+    assert "greet back" not in text and "Hello!" in text and "What is 2 + 2?" in text
+    assert text.endswith("### Response 2\nNone")
+    with pytest.raises(ValueError, match="must end with the user turn"):
+        judge_messages(history[:2], "a", "b")
+
+
+# ----------------------------------------------------------------------------- judge output
+GOOD = 'Response 1 is right.\n</think>\n{"score_1": 5, "score_2": 2, "ranking": 1}'
+
+
+@pytest.mark.parametrize("text, expected", [
+    (GOOD, Judgement(5, 2, 1)),
+    ('r</think>Sure:\n```json\n{"score_1": 4.5, "score_2": 3, "ranking": 2.5}\n```', Judgement(4.5, 3, 2.5)),
+    ('{"score_1": 5, "ranking": 1, "score_2": 1}', None),  # reasoning never closed: all of it is reasoning
+])
+def test_parse_judgement_accepts_a_final_json(text, expected):
+    assert parse_judgement(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "r</think>Response 1 is better.",  # no JSON
+    'r</think>{"score_1": 6, "score_2": 2, "ranking": 1}',  # score out of range
+    'r</think>{"score_1": 5, "score_2": 2, "ranking": 0}',  # ranking out of range
+    'r</think>{"score_1": "5", "score_2": 2, "ranking": 1}',  # a string, not a number
+    'r</think>{"score_1": true, "score_2": 2, "ranking": 1}',  # a bool is no score
+    'r</think>{"score_1": 5, "score_2": 2}',  # missing field
+    'r</think>{"score_1": 5, "score_2": 2, "ranking": 1} and that is final, trust me',  # extra text after
+    'r</think>{"score_1": 5, "score_2": 2, "ranking": 1}\n{"score_1": 1, "score_2": 2, "ranking": 6}',  # two
+    'r</think>{"score_1": 5, "score_2": 2, "ranking": 1',  # cut off
+    'r</think>[5, 2, 1]', "", "r</think>{{{{", "r</think>" + "{" * 5000,
+])
+def test_malformed_verdicts_parse_to_none_never_raise(text):
+    assert parse_judgement(text) is None
+
+
+class ScriptedJudge:
+    """A judge client that answers from a script per call round (None: a failed request)."""
+    thinking = True
+
+    def __init__(self, *rounds):
+        self.rounds, self.calls = list(rounds), []
+
+    def complete(self, chats):
+        self.calls.append(len(chats))
+        texts = self.rounds.pop(0)
+        return (texts * len(chats))[: len(chats)] if len(texts) == 1 else texts
+
+
+def test_retries_only_the_unparseable_then_defaults():
+    judge = ScriptedJudge([GOOD, "garbage", None], ["nope"], ["still no", GOOD], [GOOD])
+    verdicts, stats = judge_all(judge, [[{"role": "user", "content": str(i)}] for i in range(3)], max_retries=3)
+    assert judge.calls == [3, 2, 2, 1]
+    assert verdicts == [Judgement(5, 2, 1)] * 3  # the second was fixed by the last retry
+    assert stats == {"judge_calls": 8, "judge_parse_failures": 0, "judge_retries": 5}
+    verdicts, stats = judge_all(ScriptedJudge(["x"], ["x"], ["x"], ["x"]), [[{"role": "user", "content": "q"}]])
+    assert verdicts == [DEFAULT] and DEFAULT.score_1 == 3.0 and DEFAULT.ranking == 3.5
+    assert stats == {"judge_calls": 4, "judge_parse_failures": 1, "judge_retries": 3}
+
+
+# ----------------------------------------------------------------------------- aggregation
+def test_comparison_plans():
+    assert comparison_pairs(4) == [(0, 1), (1, 2), (2, 3), (3, 0)]
+    assert comparison_pairs(2) == [(0, 1), (1, 0)]  # both orders of the one pair
+    assert comparison_pairs(1) == [] and comparison_pairs(1, "all_pairs") == []
+    pairs = comparison_pairs(4, "all_pairs")
+    assert sorted(tuple(sorted(p)) for p in pairs) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    firsts = [a for a, _ in pairs]
+    assert max(firsts.count(i) for i in range(4)) - min(firsts.count(i) for i in range(4)) <= 1
+    with pytest.raises(ValueError, match="unknown comparison plan"):
+        comparison_pairs(3, "random")
+
+
+def test_tie_break_only_on_equal_scores():
+    assert pair_scores(Judgement(4, 4, 1)) == (6.5, 1.5)  # 4 + (3.5 - 1), 4 + (1 - 3.5)
+    assert pair_scores(Judgement(4, 4, 3.5)) == (4, 4)
+    assert pair_scores(Judgement(5, 2, 6)) == (5, 2)  # unequal: ranking ignored
+    assert pair_scores(Judgement(4, 4, 1), tie_break=False) == (4, 4)
+
+
+def test_base_reward_is_the_mean_of_a_responses_scores():
+    # circular over 3: (0,1) (1,2) (2,0)
+    v = [Judgement(5, 3, 2), Judgement(2, 2, 5), Judgement(4, 1, 1)]
+    out = group_rewards(3, comparison_pairs(3), v, [0, 0, 0], [5, 5, 5], OFF)
+    # r0: 5 (first in pair 0), 1 (second in pair 2) -> 3; r1: 3, 2 + (3.5 - 5) = 0.5 -> 1.75;
+    # r2: 2 + (5 - 3.5) = 3.5, 4 -> 3.75
+    assert out["base"] == pytest.approx([3.0, 1.75, 3.75]) and out["reward"] == pytest.approx(out["base"])
+
+
+def test_length_weights_centred_and_equal_lengths_give_zero():
+    assert length_weights([10, 20, 30]) == pytest.approx([0.5, 0.0, -0.5])
+    assert length_weights([7, 7, 7]) == [0.0, 0.0, 0.0]  # no division by zero
+    assert length_weights([3]) == [0.0] and length_weights([]) == []
+
+
+def test_conciseness_bonus_threshold_and_empty_responses():
+    # top 20% of 5 = the best 1; of 10 = the best 2
+    assert concise_bonus([5, 4, 3, 2, 1], [50, 10, 10, 10, 10], 0.2) == [True, False, False, False, False]
+    base = [5, 5, 4, 4, 4, 3, 3, 2, 2, 1]
+    lengths = [30, 20, 1, 1, 1, 1, 1, 1, 1, 1]
+    assert concise_bonus(base, lengths, 0.2) == [False, True] + [False] * 8
+    # the shortest is empty: the bonus goes to the shortest non-empty one
+    assert concise_bonus([5, 5, 1], [0, 9, 3], 0.5) == [False, True, False]
+    assert concise_bonus([5, 5, 1], [0, 0, 3], 0.5) == [False, False, False]
+    assert concise_bonus([4, 4, 4], [2, 2, 5], 0.2) == [True, True, False]  # ties all included
+    assert concise_bonus([5], [3], 0.2) == [False]  # a single response: nothing to be concise against
+
+
+def test_group_rewards_with_length_control_and_bonus_by_hand():
+    v = [Judgement(5, 3, 2), Judgement(3, 3, 3.5), Judgement(5, 3, 2)]  # base: r0 4, r1 3, r2 4
+    out = group_rewards(3, comparison_pairs(3), v, think_lengths=[100, 0, 50], answer_lengths=[10, 30, 20],
+                        cfg=RewardConfig())
+    assert out["base"] == pytest.approx([4.0, 3.0, 4.0])
+    # think w = [0, 1, 0.5] - 0.5 = [-0.5, 0.5, 0]; answer w = [1, 0, 0.5] - 0.5 = [0.5, -0.5, 0]
+    assert out["length"] == pytest.approx([0.0, 0.0, 0.0])
+    # top 20% of 3 -> best 1, tied at 4: r0 and r2; shortest non-empty reasoning r2 (50), answer r0 (10)
+    assert out["bonus"] == pytest.approx([0.5, 0.0, 0.5])
+    assert out["reward"] == pytest.approx([4.5, 3.0, 4.5])
+    single = group_rewards(1, [], [], [10], [10], RewardConfig())
+    assert single["reward"] == [3.0]
+    with pytest.raises(ValueError, match="2 pairs but 1 judgements"):
+        group_rewards(2, comparison_pairs(2), [DEFAULT], [1, 1], [1, 1], RewardConfig())
+
+
+# ----------------------------------------------------------------------------- training reward, data
+def test_judge_training_reward_by_hand():
+    gold = Judgement(5, 1, 1)
+    assert judge_training_reward(Judgement(5, 1, 1), gold) == 0.0
+    assert judge_training_reward(Judgement(4, 2, 2), gold) == -3.0
+    assert judge_training_reward(None, gold) == -10 - 2 - 2 - 2.5  # format penalty, compared as defaults
+    assert judge_training_reward(Judgement(4, 2, 2), gold, ranking_weight=2.0) == -4.0
+    env = PairwiseJudgeEnv()
+    task = {"score_1": 5, "score_2": 1, "ranking": 1}
+    s = env.score(task, "thinking</think>" + format_judgement(Judgement(4, 1, 2)))
+    assert s.reward == -2.0 and s.info["format_ok"] == 1.0 and s.info["preferred_right"] == 1.0
+    assert env.score(task, "no verdict").info == {"format_ok": 0.0}
+
+
+def test_preference_rows_become_two_tasks_and_bad_rows_name_line_and_field(tmp_path):
+    f = tmp_path / "prefs.jsonl"
+    f.write_text("".join(json.dumps(p) + "\n" for p in generated_preferences(3, 0)))
+    pairs = load_preferences(f)
+    tasks = judge_tasks(pairs)
+    assert len(tasks) == 6 and tasks[1]["id"] == tasks[0]["id"] + "-swapped"
+    assert (tasks[1]["score_1"], tasks[1]["score_2"], tasks[1]["ranking"]) == (
+        tasks[0]["score_2"], tasks[0]["score_1"], 7 - tasks[0]["ranking"])
+    r1 = tasks[0]["messages"][0]["content"].split("### Response 1\n")[1].split("\n\n### Response 2\n")
+    r2 = tasks[1]["messages"][0]["content"].split("### Response 1\n")[1].split("\n\n### Response 2\n")
+    assert r1 == r2[::-1]
+    row = {**generated_preferences(1, 0)[0], "ranking": 7}
+    f.write_text(json.dumps(generated_preferences(1, 0)[0]) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(PreferenceError, match=r"prefs.jsonl:2: ranking: a number in \[1, 6\]"):
+        load_preferences(f)
+    f.write_text(json.dumps({**row, "ranking": 1, "conversation": [{"role": "assistant", "content": "x"}]}) + "\n")
+    with pytest.raises(PreferenceError, match="prefs.jsonl:1: conversation: must end with the user turn"):
+        load_preferences(f)
+    sft = judge_sft_rows(2, 0)
+    verdict = parse_judgement("</think>" + sft[0]["messages"][1]["content"], thinking=False)
+    assert verdict is not None and sft[0]["messages"][1]["reasoning_content"]
+
+
+# ----------------------------------------------------------------------------- the genrm environment
+class RuleJudge:
+    """Scores an answer by whether it contains "4": a judge whose verdicts are predictable."""
+    thinking = False
+
+    def __init__(self):
+        self.batches = []
+
+    def complete(self, chats):
+        self.batches.append(len(chats))
+        out = []
+        for c in chats:
+            text = c[0]["content"]
+            a1, a2 = text.split("### Response 1\n")[1].split("\n\n### Response 2\n")
+            s1, s2 = (5 if "4" in a1 else 1), (5 if "4" in a2 else 1)
+            out.append(json.dumps({"score_1": s1, "score_2": s2, "ranking": 1 if s1 > s2 else 6 if s2 > s1 else 3.5}))
+        return out
+
+
+def test_genrm_env_scores_groups_in_one_judge_batch():
+    judge = RuleJudge()
+    env = GenRMEnv(judge=judge, reward=OFF)
+    task = {"messages": [{"role": "user", "content": "2 + 2?"}]}
+    groups = [(task, ["r</think>4", "r</think>5", "r</think>4", "</think>"]), (task, ["r</think>3", "r</think>4"])]
+    scores = env.score_groups(groups)
+    assert judge.batches == [6]  # 4 + 2 comparisons, one batch
+    assert [s.reward for s in scores[0]] == [5.0, 1.0, 5.0, 1.0] and [s.reward for s in scores[1]] == [1.0, 5.0]
+    assert scores[0][0].info["parse_failure"] == 0.0 and scores[0][0].info["position_bias"] == 0.0
+    val = env.score_groups([({**task, "reference": "The answer is 4."}, ["r</think>5"])])
+    assert val[0][0].reward == 1.0  # judged against the reference, in both positions:
+    assert val[0][0].info["ranking_6"] == 0.5 and val[0][0].info["ranking_1"] == 0.5
+    with pytest.raises(RuntimeError, match="no judge"):
+        GenRMEnv().score_groups(groups)
+
+
+def test_env_pool_mixes_group_and_sample_scoring_and_contains_a_failing_judge():
+    from grpo.envs import EnvPool
+
+    task = {"env": "genrm", "messages": [{"role": "user", "content": "2 + 2?"}]}
+    math = {"env": "math", "answer": "4", "messages": [{"role": "user", "content": "2 + 2?"}]}
+    pool = EnvPool(["genrm", "math"], options={"genrm": {"judge": RuleJudge(), "reward": OFF}}, modules=["genrm.envs"])
+    out = pool.score_groups([(task, ["r</think>4", "r</think>5"]), (math, ["r</think>\\boxed{4}", "r</think>5"])])
+    assert [[s.reward for s in g] for g in out] == [[5.0, 1.0], [1.0, 0.0]]
+    broken = EnvPool(["genrm", "math"], modules=["genrm.envs"])  # no judge: the group call raises
+    out = broken.score_groups([(task, ["a", "b"]), (math, ["r</think>\\boxed{4}"])])
+    assert [s.reward for s in out[0]] == [0.0, 0.0] and "no judge" in out[0][0].reason
+    assert out[1][0].reward == 1.0
