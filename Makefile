@@ -2,8 +2,10 @@
 #   make setup                  create .venv and install (a second run does nothing)
 #   make test                   run the CPU test suite (GPU-only tests are skipped without a GPU)
 #   make tokenizer              regenerate the embedded tokenizer (byte-identical to the committed one)
+#   make sft | rlvr | genrm | rlhf    run one stage of runs/$(EXP)/ (each after the one before)
 #   make lineage EXP=<name>     show the lineage chain of runs/<name>; make verify EXP=<name> re-hashes it
 # Common variables: EXP=<name> (default demo), ARGS="key=value ...", CONFIG=<yaml>.
+# A value with spaces goes in quotes inside ARGS: ARGS='grpo.env_ratios="{math: 0.5, code: 0.5}"'.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -45,3 +47,11 @@ sft: $(STAMP)
 .PHONY: rlvr
 rlvr: $(STAMP)
 	$(PY) -m stages.rlvr --config $(or $(CONFIG),configs/rlvr.yaml) exp=$(EXP) $(ARGS)
+
+.PHONY: genrm
+genrm: $(STAMP)
+	$(PY) -m stages.genrm --config $(or $(CONFIG),configs/genrm.yaml) exp=$(EXP) $(ARGS)
+
+.PHONY: rlhf
+rlhf: $(STAMP)
+	$(PY) -m stages.rlhf --config $(or $(CONFIG),configs/rlhf.yaml) exp=$(EXP) $(ARGS)

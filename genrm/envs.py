@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from chat_template.parse import parse_response
 from genrm.aggregate import RewardConfig, comparison_pairs, group_rewards
-from genrm.judge import Judgement, judge_messages, judge_training_reward, parse_judgement
+from genrm.judge import DEFAULT, Judgement, judge_messages, judge_training_reward, parse_judgement
 from genrm.serving import judge_all
 from grpo.envs import Environment, Score, register
 
@@ -88,11 +88,12 @@ class PairwiseJudgeEnv(Environment):
         gold = Judgement(float(task["score_1"]), float(task["score_2"]), float(task["ranking"]))
         pred = parse_judgement(response, thinking=task.get("enable_thinking", True))
         reward = judge_training_reward(pred, gold, self.format_penalty, self.ranking_weight)
+        p = pred or DEFAULT  # unparseable: measured as the defaults it is replaced by
+        info = {"format_ok": float(pred is not None),
+                "preferred_right": float(pred is not None and (p.ranking - 3.5) * (gold.ranking - 3.5) > 0),
+                "score_error": (abs(p.score_1 - gold.score_1) + abs(p.score_2 - gold.score_2)) / 2,
+                "ranking_error": abs(p.ranking - gold.ranking)}
         if pred is None:
-            return Score(reward, "unparseable verdict", {"format_ok": 0.0})
-        right_side = (pred.ranking - 3.5) * (gold.ranking - 3.5) > 0
-        return Score(reward, f"verdict {pred.score_1:g}/{pred.score_2:g}/{pred.ranking:g} vs gold "
-                             f"{gold.score_1:g}/{gold.score_2:g}/{gold.ranking:g}",
-                     {"format_ok": 1.0, "preferred_right": float(right_side),
-                      "score_error": (abs(pred.score_1 - gold.score_1) + abs(pred.score_2 - gold.score_2)) / 2,
-                      "ranking_error": abs(pred.ranking - gold.ranking)})
+            return Score(reward, "unparseable verdict", info)
+        return Score(reward, f"verdict {p.score_1:g}/{p.score_2:g}/{p.ranking:g} vs gold "
+                             f"{gold.score_1:g}/{gold.score_2:g}/{gold.ranking:g}", info)

@@ -12,6 +12,10 @@ placed under the key `model`). On the command line `model=tiny_qwen3` swaps a gr
 (when `configs/model/tiny_qwen3.yaml` exists); anything else is a dotted override whose value is
 parsed as YAML (`sft.lr=1e-4`, `model.lora.enabled=true`).
 
+A mapping-typed setting (e.g. `grpo.env_ratios`) is one value: a layer that sets it replaces it
+whole rather than adding keys, so `grpo.env_ratios={code: 1}` means code only (a dotted
+`model.arch.hidden_size=64` still edits one key).
+
 Every leaf remembers which file and line set it, so a bad value or an unknown key is reported as
 `configs/sft.yaml:12: sft.max_step: unknown key (did you mean sft.max_steps?)`, before any work.
 """
@@ -222,6 +226,21 @@ def _explain(err: OmegaConfBaseException, layer: Layer, cfg: DictConfig) -> Conf
     return ConfigError(f"{where}: {key}: {msg}")
 
 
+def _clear_replaced_mappings(cfg: DictConfig, layer: Layer, data: dict | None = None, prefix: str = "") -> None:
+    """Empty each plain mapping (not a dataclass section) that the layer sets as a whole, so the
+    merge replaces it; a dotted override into it (`model.arch.hidden_size=64`) still edits one key."""
+    for key, value in (layer.data if data is None else data).items():
+        node = cfg._get_node(key) if key in cfg else None
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if not isinstance(node, DictConfig) or node._is_none() or not isinstance(value, dict):
+            continue
+        if OmegaConf.get_type(node) is not dict:
+            _clear_replaced_mappings(node, layer, value, path)
+        elif path in layer.lines:
+            for k in list(node.keys()):
+                del node[k]
+
+
 def load_config(schema: type, config_file: str | Path | None = None,
                 overrides: list[str] | None = None) -> Any:
     """Compose, merge and validate a config against a dataclass schema; fail before any work.
@@ -231,6 +250,7 @@ def load_config(schema: type, config_file: str | Path | None = None,
     cfg = OmegaConf.structured(schema)
     for layer in compose_layers(config_file, overrides):
         try:
+            _clear_replaced_mappings(cfg, layer)
             cfg = OmegaConf.merge(cfg, OmegaConf.create(layer.data))
         except OmegaConfBaseException as err:
             raise _explain(err, layer, cfg) from None

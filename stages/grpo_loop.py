@@ -289,7 +289,9 @@ def check_environments(g) -> None:
             raise UserError(f"grpo.env_options.{name}: {e}") from None
 
 
-def setup(cfg, model_dir: str, resume_from: str | None) -> GRPORun:
+def setup(cfg, model_dir: str, resume_from: str | None, env_extras=None) -> GRPORun:
+    """Data, actors and weight sync of an RL run. `env_extras()` (called once Ray is up) gives
+    environment options that are live objects, e.g. the RLHF judge's actor handles."""
     g = cfg.grpo
     if g.rollout.refit not in ("object_store", "broadcast"):
         raise UserError(f"grpo.rollout.refit: {g.rollout.refit!r} (object_store or broadcast)")
@@ -316,7 +318,10 @@ def setup(cfg, model_dir: str, resume_from: str | None) -> GRPORun:
     trainer = ray_utils.ActorGroup(PolicyTrainer, n, start_from, g.optim, g.loss, seed=cfg.seed, **ranks)
     reference = (ray_utils.ActorGroup(PolicyTrainer, n, model_dir, g.optim, g.loss, trainable=False, **ranks)
                  if g.loss.kl_coef > 0 else None)
-    envs = ray_utils.actor(EnvPool, sorted(g.env_ratios), g.score_timeout_s, options=dict(g.env_options),
+    options = {k: dict(v) for k, v in g.env_options.items()}
+    for name, extra in (env_extras() if env_extras else {}).items():
+        options[name] = {**options.get(name, {}), **extra}
+    envs = ray_utils.actor(EnvPool, sorted(g.env_ratios), g.score_timeout_s, options=options,
                            modules=list(g.env_modules), workers=g.score_workers)
     run = GRPORun(cfg, g, tok, trainer, reference, workers, envs, sampler, val, files,
                   multi_turn={n: REGISTRY[n].max_turns for n in g.env_ratios if REGISTRY[n].multi_turn})
@@ -363,15 +368,21 @@ def save_checkpoint(run_: StageRun, run: GRPORun, step: int, model_dir: str) -> 
                          scheduler_state=sched_state, trainer_state={"data": run.sampler.state()})
 
 
-def run_grpo_stage(cfg, stage: str, parent_stage: str) -> dict:
-    """Recipe of an RL stage: parent -> setup actors -> loop -> export + lineage -> shut Ray down."""
+def run_grpo_stage(cfg, stage: str, parent_stage: str, *, start_model: str | None = None, env_extras=None,
+                   lineage_extra: dict | None = None) -> dict:
+    """Recipe of an RL stage: parent -> setup actors -> loop -> export + lineage -> shut Ray down.
+
+    `start_model`: where the policy starts when it is not the parent's model (GenRM's warm start);
+    `lineage_extra`: more provenance for the lineage record (e.g. the RLHF judge).
+    """
     g = cfg.grpo
     parent_dir = Path(cfg.parent) if cfg.parent else Path(cfg.runs_dir) / cfg.exp / parent_stage
     parent = resolve_parent(parent_dir, expect_stage=parent_stage)
-    model_dir = str(parent_dir / "model")
+    model_dir = start_model or str(parent_dir / "model")
     run_ = StageRun(stage, cfg).start(parent=parent, total_steps=g.max_steps)
+    run_.record.update(lineage_extra or {})
     try:
-        run = setup(cfg, model_dir, str(run_.resume_from) if run_.resume_from else None)
+        run = setup(cfg, model_dir, str(run_.resume_from) if run_.resume_from else None, env_extras)
         if g.curriculum.enabled:
             run.sampler = curriculum_sampler(run_, run)
         step = 0

@@ -171,6 +171,11 @@ def show(exp_dir: Path) -> int:
         pname = f"{parent.get('stage')}:{parent.get('run_id') or parent.get('source')}" if parent else "-"
         print(f"{rec.get('stage'):6} {rec.get('run_id')}  status={rec.get('status')}  "
               f"model={str(rec.get('model_sha256'))[:12]}  parent={pname}")
+        judge = rec.get("judge")
+        if judge:  # RLHF: which judge gave the rewards
+            what = (f"{judge.get('stage')}:{judge.get('run_id')} model={str(judge.get('model_sha256'))[:12]}"
+                    if judge.get("run_id") else f"{judge.get('url') or judge.get('source')} {judge.get('model') or ''}")
+            print(f"       judge: {judge.get('backend')} {what}")
         metrics: dict[str, Any] = rec.get("metrics") or {}
         if metrics:
             print("       metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

@@ -36,15 +36,16 @@ def builtin_data(path: str, data_dir: Path, seed: int) -> str:
     if not path.startswith("builtin:"):
         return path
     from common.synthetic import BUILTIN
+    from genrm.data import BUILTIN as GENRM_BUILTIN
     from grpo.tasks import builtin_env_tasks
     from stages.cli import UserError
 
-    name = path.split(":", 1)[1]
+    name, known = path.split(":", 1)[1], {**BUILTIN, **GENRM_BUILTIN}
     out = data_dir / f"{name}.jsonl"
     if not out.is_file():
-        rows = BUILTIN[name](seed) if name in BUILTIN else builtin_env_tasks(name, seed)
+        rows = known[name](seed) if name in known else builtin_env_tasks(name, seed)
         if rows is None:
-            raise UserError(f"{path}: unknown built-in dataset (have {sorted(BUILTIN)}, and <env>_train / "
+            raise UserError(f"{path}: unknown built-in dataset (have {sorted(known)}, and <env>_train / "
                             "<env>_heldout for every environment with generated tasks)")
         data_dir.mkdir(parents=True, exist_ok=True)
         ckpt.write_text_atomic(out, "".join(json.dumps(r) + "\n" for r in rows))

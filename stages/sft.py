@@ -109,7 +109,8 @@ def start_run(run_: StageRun, dist: Dist, parent: dict, total_steps: int) -> str
     return outcome[1]
 
 
-def run(cfg: SFTStageConfig) -> dict | None:
+def run(cfg: SFTStageConfig, stage: str = "sft") -> dict | None:
+    """`stage` names the run dir (runs/<exp>/<stage>); the GenRM stage's warm start runs this too."""
     s = cfg.sft
     # ---------------------------------------------------------------- setup
     dist = Dist.from_env()
@@ -143,7 +144,7 @@ def run(cfg: SFTStageConfig) -> dict | None:
     log.info("data: %d train rows -> %d sequences, %d val sequences, %d malformed skipped, augment %s",
              len(data.train), len(train_seqs), len(val_seqs), data.skipped + aug["skipped"], aug)
 
-    run_ = StageRun("sft", cfg)
+    run_ = StageRun(stage, cfg)
     resume_from = start_run(run_, dist, parent, s.max_steps)
     if resume_from:
         ckpt.load_weights(model, Path(resume_from))  # before sharding: a plain HF model
@@ -199,7 +200,7 @@ def run(cfg: SFTStageConfig) -> dict | None:
                    "malformed_skipped": data.skipped + aug["skipped"], "world_size": dist.world}
         sources = [data_record(p["source"], p["rows"], Path(p["source"])) for p in data.per_source]
         record = run_.finish(model, tok, summary, sources, model_state=final_state)
-        log.info("sft finished: %s", json.dumps(summary))
+        log.info("%s finished: %s", stage, json.dumps(summary))
     dist.barrier()
     dist.shutdown()
     return record

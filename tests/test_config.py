@@ -134,3 +134,15 @@ def test_repo_model_presets_load():
         assert cfg.model.arch["model_type"] in ("nemotron_h", "qwen3", "llama")
     with pytest.raises(ConfigError, match=r"model.lora.rank: unknown key \(did you mean model.lora.r\?\)"):
         load_config(RunConfig, None, ["model=tiny", "model.lora.rank=8"])
+
+
+def test_a_mapping_set_as_a_whole_replaces_the_inherited_one(cfgdir):
+    """`env_ratios: {code: 1}` in a child file or on the command line means code only; a dotted
+    override into a mapping still edits one key."""
+    (cfgdir / "arch.yaml").write_text("defaults:\n  - base\nmodel:\n  arch: {model_type: llama, layers: 2}\n")
+    (cfgdir / "child.yaml").write_text("defaults:\n  - arch\nmodel:\n  arch: {model_type: qwen3}\n")
+    assert load_config(Schema, cfgdir / "child.yaml").model.arch == {"model_type": "qwen3"}
+    cfg = load_config(Schema, cfgdir / "arch.yaml", ["model.arch={hidden: 8}"])
+    assert cfg.model.arch == {"hidden": 8}
+    cfg = load_config(Schema, cfgdir / "arch.yaml", ["model.arch.layers=4"])
+    assert cfg.model.arch == {"model_type": "llama", "layers": 4}

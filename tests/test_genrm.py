@@ -157,7 +157,9 @@ def test_judge_training_reward_by_hand():
     task = {"score_1": 5, "score_2": 1, "ranking": 1}
     s = env.score(task, "thinking</think>" + format_judgement(Judgement(4, 1, 2)))
     assert s.reward == -2.0 and s.info["format_ok"] == 1.0 and s.info["preferred_right"] == 1.0
-    assert env.score(task, "no verdict").info == {"format_ok": 0.0}
+    bad = env.score(task, "no verdict")
+    assert bad.reward == -16.5 and bad.info == {"format_ok": 0.0, "preferred_right": 0.0, "score_error": 2.0,
+                                                "ranking_error": 2.5}
 
 
 def test_preference_rows_become_two_tasks_and_bad_rows_name_line_and_field(tmp_path):
@@ -230,3 +232,12 @@ def test_env_pool_mixes_group_and_sample_scoring_and_contains_a_failing_judge():
     out = broken.score_groups([(task, ["a", "b"]), (math, ["r</think>\\boxed{4}"])])
     assert [s.reward for s in out[0]] == [0.0, 0.0] and "no judge" in out[0][0].reason
     assert out[1][0].reward == 1.0
+
+
+def test_position_bias_is_the_score_gap_between_the_two_positions():
+    biased = ScriptedJudge(['</think>{"score_1": 5, "score_2": 3, "ranking": 2}'])
+    biased.thinking = True
+    env = GenRMEnv(judge=biased, reward=OFF)
+    scores = env.score_groups([({"messages": [{"role": "user", "content": "q"}]}, ["a", "b", "c"])])[0]
+    assert [s.info["position_bias"] for s in scores] == [2.0, 2.0, 2.0]
+    assert [s.reward for s in scores] == [4.0, 4.0, 4.0] and scores[0].info["ranking_2"] == 1.0
