@@ -55,3 +55,26 @@ genrm: $(STAMP)
 .PHONY: rlhf
 rlhf: $(STAMP)
 	$(PY) -m stages.rlhf --config $(or $(CONFIG),configs/rlhf.yaml) exp=$(EXP) $(ARGS)
+
+.PHONY: eval
+eval: $(STAMP)
+	$(PY) -m stages.eval --config $(or $(CONFIG),configs/eval.yaml) exp=$(EXP) $(ARGS)
+
+# The whole recipe on the embedded default (set-up included): SFT -> RLVR -> GenRM -> RLHF -> eval -> summary.
+.PHONY: pipeline
+pipeline: $(STAMP)
+	$(PY) -m stages.pipeline exp=$(EXP) $(ARGS)
+
+.PHONY: report
+report: $(STAMP)
+	$(PY) -m stages.report runs/$(EXP)
+
+# Ray cluster: RAY_ADDRESS=http://<head>:8265 (the dashboard). STAGE=sft|rlvr|genrm|rlhf|eval.
+PYTHON_ON_CLUSTER ?= $(abspath $(PY))
+.PHONY: submit submit-status submit-logs
+submit: $(STAMP)
+	$(PY) -m stages.submit $(STAGE) exp=$(EXP) $(ARGS) --python $(PYTHON_ON_CLUSTER)
+submit-status: $(STAMP)
+	$(PY) -m stages.submit --status $(JOB)
+submit-logs: $(STAMP)
+	$(PY) -m stages.submit --logs $(JOB)

@@ -17,20 +17,56 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> dict
         address = address or os.environ.get("RAY_ADDRESS") or None
         env_vars = {k: v for k, v in os.environ.items()
                     if k.startswith(("VLLM_", "HF_", "TOKENIZERS_", "OMP_", "PYTHONPATH"))}
+        # Joining a cluster (e.g. as a Ray job): keep the job's runtime env (its working dir and
+        # env vars); a runtime_env given here would replace it for every actor.
         ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-                 log_to_driver=True, runtime_env={"env_vars": env_vars} if env_vars else None)
+                 log_to_driver=True, runtime_env={"env_vars": env_vars} if env_vars and not address else None)
     return ray.cluster_resources()
 
 
-def actor(cls: type, *args: Any, num_cpus: float = 0, num_gpus: float = 0, name: str | None = None, **kwargs):
-    """Start `cls(*args, **kwargs)` as a Ray actor. num_cpus=0 by default: the RL loop is
-    synchronous (phases take turns), so actors need not reserve cores they rarely use at once."""
+def actor(cls: type, *args: Any, num_cpus: float = 0, num_gpus: float = 0, name: str | None = None,
+          placement: "Placement | None" = None, **kwargs):
+    """Start `cls(*args, **kwargs)` as a Ray actor (in the next bundle of `placement`, if given).
+    num_cpus=0 by default: the RL loop is synchronous (phases take turns), so actors need not
+    reserve cores they rarely use at once."""
     import ray
 
-    opts = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+    opts: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
     if name:
         opts["name"] = name
+    if placement is not None:
+        opts["scheduling_strategy"] = placement.next_bundle(num_gpus)
     return ray.remote(**opts)(cls).remote(*args, **kwargs)
+
+
+class Placement:
+    """One placement group for a stage's actors, a bundle per actor (GPUs as the config asks), so
+    the whole topology is reserved at once or not at all: on a cluster a stage either gets every
+    GPU it needs or says so, instead of starting half its actors and waiting forever."""
+
+    def __init__(self, gpus_per_actor: list[float], strategy: str = "PACK", timeout_s: float = 300.0):
+        import ray
+        from ray.util.placement_group import placement_group
+
+        # CPU 0.01: a bundle needs some resource; the actors' own requests are what count.
+        self.bundles = [{"CPU": 0.01, **({"GPU": g} if g else {})} for g in gpus_per_actor]
+        self.pg = placement_group(self.bundles, strategy=strategy)
+        try:
+            ray.get(self.pg.ready(), timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise RuntimeError(f"the cluster cannot place {len(self.bundles)} actors needing "
+                               f"{sum(gpus_per_actor):g} GPUs in all (has {ray.cluster_resources()}); "
+                               "lower the GPUs per worker or the number of workers") from None
+        self.used = 0
+
+    def next_bundle(self, num_gpus: float):
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        if self.used >= len(self.bundles) or self.bundles[self.used].get("GPU", 0) < num_gpus:
+            raise RuntimeError(f"placement: bundle {self.used} of {self.bundles} cannot hold an actor with "
+                               f"{num_gpus} GPUs")
+        self.used += 1
+        return PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=self.used - 1)
 
 
 class ActorGroup:
@@ -41,9 +77,10 @@ class ActorGroup:
     rank 0's actor, so the group forms wherever Ray placed it (one node or several).
     """
 
-    def __init__(self, cls: type, n: int, *args: Any, num_cpus: float = 0, num_gpus: float = 0, **kwargs: Any):
-        self.actors = [actor(cls, *args, num_cpus=num_cpus, num_gpus=num_gpus, rank=i, world_size=n, **kwargs)
-                       for i in range(n)]
+    def __init__(self, cls: type, n: int, *args: Any, num_cpus: float = 0, num_gpus: float = 0,
+                 placement: Placement | None = None, **kwargs: Any):
+        self.actors = [actor(cls, *args, num_cpus=num_cpus, num_gpus=num_gpus, rank=i, world_size=n,
+                             placement=placement, **kwargs) for i in range(n)]
         if n > 1:
             addr, port = self.rank0_address()
             get([a.join.remote(addr, port) for a in self.actors])

@@ -34,7 +34,7 @@ from grpo.tasks import CurriculumConfig, CurriculumSampler, TaskError, TaskSampl
 from grpo.trainer import OptimConfig, PolicyTrainer, build_batch
 from stages import checkpoint as ckpt
 from stages.cli import UserError
-from stages.lineage import data_record, resolve_parent
+from stages.lineage import check_experiment_tokenizer, data_record, resolve_parent
 from stages.metrics import read_metrics
 from stages.run import StageRun, builtin_data
 
@@ -309,12 +309,15 @@ def setup(cfg, model_dir: str, resume_from: str | None, env_extras=None) -> GRPO
     ray_utils.init_ray(g.ray_address)
     start_from = resume_from or model_dir
     backend = backend_class(g.rollout.backend)
-    gpu = g.rollout.gpus_per_worker
+    gpu, n = g.rollout.gpus_per_worker, g.trainer.workers
+    # One placement group sized from the config: rollout engines, trainer ranks, reference ranks.
+    placement = ray_utils.Placement([gpu] * g.rollout.workers + [g.trainer.gpus_per_worker] * n *
+                                    (2 if g.loss.kl_coef > 0 else 1))
     workers = [ray_utils.actor(backend, start_from, seed=cfg.seed + i, max_model_len=g.rollout.max_model_len,
-                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, num_gpus=gpu)
-               for i in range(g.rollout.workers)]
-    ranks = dict(num_gpus=g.trainer.gpus_per_worker, device=cfg.model.device, dtype=cfg.model.dtype)
-    n = g.trainer.workers
+                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, num_gpus=gpu,
+                               placement=placement) for i in range(g.rollout.workers)]
+    ranks = dict(num_gpus=g.trainer.gpus_per_worker, device=cfg.model.device, dtype=cfg.model.dtype,
+                 placement=placement)
     trainer = ray_utils.ActorGroup(PolicyTrainer, n, start_from, g.optim, g.loss, seed=cfg.seed, **ranks)
     reference = (ray_utils.ActorGroup(PolicyTrainer, n, model_dir, g.optim, g.loss, trainable=False, **ranks)
                  if g.loss.kl_coef > 0 else None)
@@ -378,6 +381,7 @@ def run_grpo_stage(cfg, stage: str, parent_stage: str, *, start_model: str | Non
     g = cfg.grpo
     parent_dir = Path(cfg.parent) if cfg.parent else Path(cfg.runs_dir) / cfg.exp / parent_stage
     parent = resolve_parent(parent_dir, expect_stage=parent_stage)
+    check_experiment_tokenizer(parent, Path(cfg.runs_dir) / cfg.exp)  # a parent from another experiment
     model_dir = start_model or str(parent_dir / "model")
     run_ = StageRun(stage, cfg).start(parent=parent, total_steps=g.max_steps)
     run_.record.update(lineage_extra or {})

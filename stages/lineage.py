@@ -146,6 +146,18 @@ def resolve_parent(stage_dir: Path, expect_stage: str | None = None) -> dict:
     return parent_ref(rec, stage_dir)
 
 
+def check_experiment_tokenizer(parent: dict, exp_dir: Path) -> None:
+    """A parent from another experiment must tokenize like the stages already in this one."""
+    theirs = parent.get("tokenizer_sha256")
+    for d, rec in _stage_dirs(exp_dir):
+        ours = rec.get("tokenizer_sha256")
+        if theirs and ours and rec.get("status") == "finished" and Path(d).resolve() != Path(parent["path"]).resolve() \
+                and ours != theirs:
+            raise LineageError(f"parent {parent['path']}: its tokenizer or chat template ({theirs[:12]}...) differs "
+                               f"from this experiment's {d.name} stage ({ours[:12]}...); refusing to mix them "
+                               f"in one chain (use another EXP)")
+
+
 def check_tokenizer(parent: dict, child_tokenizer_sha: str | None) -> None:
     """A child must tokenize exactly as its parent did (same vocabulary, same chat template)."""
     want = parent.get("tokenizer_sha256")
@@ -165,21 +177,54 @@ def _stage_dirs(exp_dir: Path) -> list[tuple[Path, dict]]:
     return sorted(found, key=lambda x: (order.get(x[1].get("stage"), 99), x[1].get("started_at") or ""))
 
 
+KEY_METRICS = ("steps", "final_loss", "val_loss", "reward_first5", "reward_last5")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def config_changes(before: dict, after: dict) -> list[str]:
+    """Settings both stages have that differ, and the sections only the later stage has."""
+    a, b = _flat(before), _flat(after)
+    changed = [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys()) if a[k] != b[k]]
+    new = sorted(set(after) - set(before))
+    return changed + ([f"new sections: {', '.join(new)}"] if new else [])
+
+
+def _config(stage_dir: Path) -> dict:
+    import yaml
+
+    f = stage_dir / "config.yaml"
+    return (yaml.safe_load(f.read_text()) or {}) if f.is_file() else {}
+
+
 def show(exp_dir: Path) -> int:
+    """The chain, stage by stage: ids, parent, hashes, key metrics, config changes from the parent."""
     for d, rec in _stage_dirs(exp_dir):
         parent = rec.get("parent") or {}
         pname = f"{parent.get('stage')}:{parent.get('run_id') or parent.get('source')}" if parent else "-"
-        print(f"{rec.get('stage'):6} {rec.get('run_id')}  status={rec.get('status')}  "
-              f"model={str(rec.get('model_sha256'))[:12]}  parent={pname}")
+        print(f"{rec.get('stage'):6} {rec.get('run_id')}  status={rec.get('status')}  parent={pname}")
+        print(f"       model={str(rec.get('model_sha256'))[:12]}  tokenizer={str(rec.get('tokenizer_sha256'))[:12]}"
+              f"  config={str(rec.get('config_sha256'))[:12]}  git={str(rec.get('git_commit'))[:10]}")
         judge = rec.get("judge")
         if judge:  # RLHF: which judge gave the rewards
             what = (f"{judge.get('stage')}:{judge.get('run_id')} model={str(judge.get('model_sha256'))[:12]}"
                     if judge.get("run_id") else f"{judge.get('url') or judge.get('source')} {judge.get('model') or ''}")
             print(f"       judge: {judge.get('backend')} {what}")
         metrics: dict[str, Any] = rec.get("metrics") or {}
-        if metrics:
-            print("       metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                               for k, v in list(metrics.items())[:8]))
+        keys = [k for k in metrics if k in KEY_METRICS or (k.startswith("val/") and k.endswith(("accuracy", "score")))]
+        if keys:
+            print("       metrics: " + ", ".join(f"{k}={metrics[k]:.4g}" if isinstance(metrics[k], float)
+                                               else f"{k}={metrics[k]}" for k in keys))
+        if parent.get("path") and (Path(parent["path"]) / "config.yaml").is_file():
+            changes = config_changes(_config(Path(parent["path"])), _config(d))
+            print(f"       config vs {parent.get('stage')}: " + ("; ".join(changes) if changes else "no change"))
     return 0
 
 

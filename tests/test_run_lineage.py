@@ -106,3 +106,19 @@ def test_lineage_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "sft" in out and "status=finished" in out
     assert lineage.main(["bogus"]) == 2
+
+
+def test_a_stage_refuses_a_parent_from_another_experiment_with_another_tokenizer(tmp_path, capsys):
+    from stages import rlvr
+
+    run_toy(toy_cfg(tmp_path))  # experiment t
+    run_toy(toy_cfg(tmp_path, "exp=other"))
+    rec = lineage.read(tmp_path / "other" / "sft")
+    same = [f"runs_dir={tmp_path}", "exp=t", f"parent={tmp_path / 'other' / 'sft'}"]
+    lineage.check_experiment_tokenizer(resolve_parent(tmp_path / "other" / "sft"), tmp_path / "t")  # same: fine
+    rec["tokenizer_sha256"] = "f" * 64  # as if trained with another tokenizer or chat template
+    lineage.write(tmp_path / "other" / "sft", rec)
+    assert rlvr.main(same) == 2
+    err = capsys.readouterr().err
+    assert "differs from this experiment's sft stage" in err and "refusing" in err
+    assert not (tmp_path / "t" / "rlvr").exists()  # refused before any work
