@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -37,8 +38,7 @@ def client(address: str | None):
 def entrypoint(stage: str, overrides: list[str], python: str, config: str | None) -> str:
     if not any(o.startswith("runs_dir=") for o in overrides):
         overrides = [f"runs_dir={REPO / 'runs'}", *overrides]
-    args = " ".join(f"'{o}'" for o in overrides)
-    return f"{python} -m stages.{stage} --config {config or f'configs/{stage}.yaml'} {args}"
+    return shlex.join([python, "-m", f"stages.{stage}", "--config", config or f"configs/{stage}.yaml", *overrides])
 
 
 def submit(args) -> int:
