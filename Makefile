@@ -78,3 +78,9 @@ submit-status: $(STAMP)
 	$(PY) -m stages.submit --status $(JOB)
 submit-logs: $(STAMP)
 	$(PY) -m stages.submit --logs $(JOB)
+
+# Benchmarks against peers (installs the peers first: the `bench` extra).
+.PHONY: bench-packing
+bench-packing: $(STAMP)
+	$(PY) -m pip install -q -c requirements/cpu.lock -e ".[bench]"
+	$(PY) -m bench.packing
