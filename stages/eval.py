@@ -56,7 +56,7 @@ class EvalConfig(RunConfig):
 
 def models_to_evaluate(cfg: EvalConfig) -> dict[str, str]:
     if cfg.eval.model:
-        return {Path(cfg.eval.model).name or cfg.eval.model: cfg.eval.model}
+        return {cfg.eval.model: cfg.eval.model}  # results keyed by the path or hub name given
     exp = Path(cfg.runs_dir) / cfg.exp
     out = {}
     for stage in cfg.eval.stages:
