@@ -29,7 +29,7 @@ from grpo.tasks import TaskError, group_by_env, load_tasks
 from stages import checkpoint as ckpt
 from stages import lineage
 from stages.cli import UserError, main_for
-from stages.grpo_loop import info_means
+from stages.grpo_loop import held_out_metrics
 from stages.run import builtin_data
 from stages.schema import RunConfig
 
@@ -111,13 +111,7 @@ def evaluate_model(model_dir: str, tasks: list[dict], envs, cfg: EvalConfig) -> 
     ray.kill(worker)
     batch = [(t, [tok.decode(g[0].response_ids, skip_special_tokens=False)]) for t, g in zip(tasks, groups)]
     scores = [grp[0] for grp in ray_utils.get(envs.score_groups.remote(batch))]
-    out = {"response_length": sum(len(g[0].response_ids) for g in groups) / max(len(groups), 1)}
-    for env in sorted({t["env"] for t in tasks}):
-        mine = [s.reward for t, s in zip(tasks, scores) if t["env"] == env]
-        out[f"{env}/accuracy"] = sum(mine) / len(mine)
-    out.update(info_means([(t["env"], s.info) for t, s in zip(tasks, scores)]))
-    out["tasks"] = len(tasks)
-    return out
+    return {**held_out_metrics(tasks, groups, scores), "tasks": len(tasks)}
 
 
 def run(cfg: EvalConfig) -> dict:

@@ -20,6 +20,7 @@ from stages import checkpoint as ckpt
 from stages import sft as sft_stage
 from stages.cli import UserError, main_for
 from stages.grpo_loop import GRPOConfig, run_grpo_stage
+from stages import lineage
 from stages.lineage import resolve_parent
 from stages.run import AlreadyFinished, builtin_data
 from stages.schema import RunConfig
@@ -71,7 +72,7 @@ def warm_start(cfg: GenRMStageConfig, sft_model: str) -> tuple[str, dict]:
     try:
         record = sft_stage.run(ws, stage="warm_start")
     except AlreadyFinished:  # the GRPO part is being resumed or rerun: reuse the finished warm start
-        record = json.loads((dest / "lineage.json").read_text())
+        record = lineage.read(dest)
     return str(dest / "model"), {"run_id": record["run_id"], "model_sha256": record["model_sha256"],
                                  "steps": record["metrics"].get("steps"), "path": str(dest)}
 

@@ -252,20 +252,25 @@ def info_means(items: list[tuple[str, dict]]) -> dict:
     return {k: sum(v) / len(v) for k, v in sums.items()}
 
 
+def held_out_metrics(tasks: list[dict], groups: list[list], scores: list[Score]) -> dict:
+    """One greedy answer per held-out task, scored: mean response length, each environment's
+    diagnostics, and its accuracy (the mean reward). Shared by validation and `make eval`."""
+    out = {"response_length": sum(len(g[0].response_ids) for g in groups) / max(len(groups), 1)}
+    out.update(info_means([(t["env"], s.info) for t, s in zip(tasks, scores)]))
+    for env in sorted({t["env"] for t in tasks}):
+        mine = [s.reward for t, s in zip(tasks, scores) if t["env"] == env]
+        out[f"{env}/accuracy"] = float(torch.tensor(mine, dtype=torch.float32).mean())
+    return out
+
+
 def validate(run: GRPORun) -> dict:
     """Greedy answers to the held-out tasks, scored by their environments: accuracy per env."""
     if not run.val_tasks:
         return {}
     greedy = SamplingConfig(max_new_tokens=run.g.val_max_new_tokens, temperature=0.0, top_p=1.0)
     groups = run.generate(run.val_tasks, 1, greedy, seed=0)
-    rewards, scores = run.score(run.val_tasks, groups)
-    out = {"val/response_length": sum(len(g[0].response_ids) for g in groups) / len(groups)}
-    info = info_means([(t["env"], s.info) for t, s in zip(run.val_tasks, scores)])
-    out.update({f"val/{k}": v for k, v in info.items()})
-    for env in sorted({t["env"] for t in run.val_tasks}):
-        rows = torch.tensor([t["env"] == env for t in run.val_tasks])
-        out[f"val/{env}/accuracy"] = float(rewards[rows].mean())
-    return out
+    _, scores = run.score(run.val_tasks, groups)
+    return {f"val/{k}": v for k, v in held_out_metrics(run.val_tasks, groups, scores).items()}
 
 
 # ---------------------------------------------------------------------------------- the stage

@@ -145,7 +145,7 @@ class EnvPool:
         """(task, responses[, states]) groups -> their Scores; group-scoring environments get all
         their groups in one call (a judge batches every comparison of the step), the rest are
         scored sample by sample. A failing group call gives its samples 0 with the reason."""
-        out: list = [None] * len(groups)
+        out: list[list[Score]] = [[] for _ in groups]
         by_group_env: dict[str, list[int]] = {}
         flat = []
         for gi, (task, responses, *states) in enumerate(groups):
@@ -164,7 +164,7 @@ class EnvPool:
                 out[gi] = res[j] if ok else [Score(0.0, error or f"error: {name}.score_groups gave no score")] * n
         scored = score_batch(self.envs, [item for _, item in flat], self.timeout_s, self.workers)
         for (gi, _), s in zip(flat, scored):
-            out[gi] = (out[gi] or []) + [s]
+            out[gi].append(s)
         return out
 
     def initial_states(self, tasks: list[dict]) -> list[Any]:
