@@ -80,7 +80,14 @@ submit-logs: $(STAMP)
 	$(PY) -m stages.submit --logs $(JOB)
 
 # Benchmarks against peers (installs the peers first: the `bench` extra).
-.PHONY: bench-packing
-bench-packing: $(STAMP)
+# BENCH_ARGS: the script's own flags (see `python -m bench.<name> --help`).
+BENCH_ARGS ?=
+.PHONY: bench-deps bench-packing bench-sft bench-grpo
+bench-deps: $(STAMP)
 	$(PY) -m pip install -q -c requirements/cpu.lock -e ".[bench]"
-	$(PY) -m bench.packing
+bench-packing: bench-deps
+	$(PY) -m bench.packing $(BENCH_ARGS)
+bench-sft: bench-deps
+	HF_HUB_OFFLINE=1 $(PY) -m bench.sft $(BENCH_ARGS)
+bench-grpo: bench-deps
+	HF_HUB_OFFLINE=1 $(PY) -m bench.grpo $(BENCH_ARGS)

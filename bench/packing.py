@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(json.dumps({**common, **r}))
     if len(results) == 2:
-        print(json.dumps({**common, "ratio_efficiency_ours_over_trl": results[0]["efficiency"] / results[1]["efficiency"],
-                          "ratio_time_ours_over_trl": results[0]["seconds"] / results[1]["seconds"]}))
+        ours_, trl_ = results
+        print(json.dumps({**common, "ratio_efficiency_ours_over_trl": ours_["efficiency"] / trl_["efficiency"],
+                          "ratio_time_ours_over_trl": ours_["seconds"] / trl_["seconds"]}))
     return 0
 
 

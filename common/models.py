@@ -177,7 +177,28 @@ def merged_for_export(model):
     return model.merge_and_unload() if is_lora(model) else model
 
 
+def takes_logits_to_keep(model) -> bool:
+    """Whether the forward computes logits only at chosen positions (transformers' `logits_to_keep`)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
 def param_counts(model) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"params": total, "trainable_params": trainable}
+
+
+def adamw(model, *, lr: float, betas, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, fused (one kernel for all of them) where torch has it.
+
+    Fused is what TRL/transformers use by default; under FSDP2 (DTensor parameters) the default
+    foreach implementation is kept.
+    """
+    from torch.distributed.tensor import DTensor
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = all(not isinstance(p, DTensor) and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=fused or None)

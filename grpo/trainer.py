@@ -8,10 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from common.distributed import (Dist, WeightBroadcast, broadcast_full_weights, full_model_state, full_optimizer_state,
                                 load_optimizer_state, weight_specs)
 from common.losses import token_logprobs
+from common.models import adamw, takes_logits_to_keep
 from grpo.algorithm import PolicyLossConfig, importance_weights, logprob_mismatch, masked_mean, policy_loss_sum
 from grpo.rollout import Sample
 
@@ -57,6 +59,12 @@ def build_batch(samples: list[Sample], advantages: list[float], trained: list[bo
     return TrainBatch(ids, attn, mask, rlp, generated, torch.tensor(advantages, dtype=torch.float32))
 
 
+def response_start(generated_mask: torch.Tensor) -> int:
+    """The first position (of any row) that predicts a generated token; 0 when there is none."""
+    nz = generated_mask.any(0).nonzero()
+    return int(nz[0]) if len(nz) else 0
+
+
 def _slices(n: int, size: int):
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -80,6 +88,7 @@ class PolicyTrainer:
         self.dist = Dist(rank, world_size)
         self.device = resolve_device(device)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, self.device))
+        self.keeps_logits = takes_logits_to_keep(self.model)
         self.model.to(self.device)
         self.optim_cfg, self.loss_cfg = optim or OptimConfig(), loss or PolicyLossConfig()
         self.trainable = trainable
@@ -99,8 +108,7 @@ class PolicyTrainer:
             self.model.requires_grad_(False)
             return
         o = self.optim_cfg
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas),
-                                           weight_decay=o.weight_decay)
+        self.optimizer = adamw(self.model, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: min(1.0, (i + 1) / o.warmup_steps) if o.warmup_steps else 1.0)
 
@@ -111,10 +119,15 @@ class PolicyTrainer:
         rows = list(range(min(self.dist.rank * k, n), min((self.dist.rank + 1) * k, n)))
         return torch.tensor(rows + [0] * (k - len(rows)), dtype=torch.long), len(rows)
 
-    def _logp(self, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    def _logp(self, ids: torch.Tensor, attn: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """[N, L-1] log-probs of ids[:, 1:]; with `start`, the LM head runs only from position `start`
+        on (the prompts' logits are never used) and earlier positions read 0."""
         ids = ids.to(self.device)
-        out = self.model(input_ids=ids, attention_mask=attn.to(self.device), use_cache=False)
-        return token_logprobs(out.logits, ids)
+        keep = {"logits_to_keep": ids.shape[1] - start} if start > 0 and self.keeps_logits else {}
+        out = self.model(input_ids=ids, attention_mask=attn.to(self.device), use_cache=False, **keep)
+        if not keep:
+            return token_logprobs(out.logits, ids)
+        return F.pad(token_logprobs(out.logits, ids[:, start:]), (start, 0))
 
     @torch.no_grad()
     def logprobs(self, batch: TrainBatch) -> torch.Tensor:
@@ -122,49 +135,86 @@ class PolicyTrainer:
         self.model.eval()
         rows, real = self._rows(len(batch.input_ids))
         ids, attn = batch.input_ids[rows], batch.attention_mask[rows]
-        out = [self._logp(ids[sl], attn[sl]).cpu() for sl in _slices(len(rows), self.optim_cfg.micro_batch_size)]
+        start = response_start(batch.generated_mask)
+        out = [self._logp(ids[sl], attn[sl], start).cpu() for sl in _slices(len(rows), self.optim_cfg.micro_batch_size)]
         return torch.cat(out)[:real]
 
-    def update(self, batch: TrainBatch, old_logp: torch.Tensor, ref_logp: torch.Tensor | None = None) -> dict:
-        """One optimizer step over the whole batch; loss normalised by its trained-token count."""
+    def update(self, batch: TrainBatch, old_logp: torch.Tensor | None = None,
+               ref_logp: torch.Tensor | None = None) -> dict:
+        """One optimizer step over the whole batch; loss normalised by its trained-token count.
+
+        `old_logp` None (what the RL loop passes): this forward's own log-probs, detached, are the
+        old policy's. That is exact, since the weights change only at the single optimizer step at
+        the end, and it saves the separate forward pass over the batch. The trained-token count (it
+        depends on the importance-sampling mask) is then known only after the last micro-batch, so
+        gradients of loss sums accumulate and are divided by it before clipping. Mismatch metrics
+        cover the rows the update ran (those with a trained token), on every rank.
+        """
         cfg, world = self.loss_cfg, self.dist.world
-        weights, keep = importance_weights(old_logp, batch.rollout_logp, batch.generated_mask,
-                                           cap=cfg.is_cap, max_seq_error=cfg.max_seq_logprob_error)
-        mask = batch.response_mask * keep[:, None]
-        n_tokens = float(mask.sum())
-        rows, real = self._rows(len(batch.input_ids))
-        mask = mask[rows]
-        mask[real:] = 0
+        # Rows without a trained token (zero-variance groups, truncated...) add nothing to the loss: skip them.
+        live = batch.response_mask.any(-1).nonzero().flatten()
+        rows, real = self._rows(len(live))
+        rows = live[rows]
+        start = response_start(batch.generated_mask)
         self.model.train()
-        totals = torch.zeros(3)  # clipped tokens, KL sum, loss sum
-        for sl in _slices(len(rows), self.optim_cfg.micro_batch_size) if n_tokens else []:
-            r, m = rows[sl], mask[sl].to(self.device)
-            if not m.any() and not self.dist.active:  # under FSDP2 every rank must run every micro-batch
-                continue
-            logp = self._logp(batch.input_ids[r], batch.attention_mask[r])
-            loss, st = policy_loss_sum(logp, old_logp[r].to(self.device), batch.advantages[r].to(self.device), m, cfg,
-                                       is_weights=weights[r].to(self.device),
-                                       ref_logp=None if ref_logp is None else ref_logp[r].to(self.device))
-            (loss * world / max(n_tokens, 1.0)).backward()  # x world: FSDP2 averages gradients over ranks
-            totals += torch.tensor([st["clip_count"], st["kl_sum"], float(loss.detach())])
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.grad_clip)
+        totals = torch.zeros(4)  # trained tokens, clipped tokens, KL sum, loss sum
+        seen: list[tuple[torch.Tensor, ...]] = []  # per micro-batch: old, rollout, generated, keep, weights
+        for sl in _slices(len(rows), self.optim_cfg.micro_batch_size):
+            r = rows[sl]
+            n_real = max(0, min(len(r), real - sl.start))  # rows past `real` only pad this rank's share
+            w = int(batch.attention_mask[r].sum(-1).max())  # right-padded: columns past w are padding only
+            m = batch.response_mask[r, : w - 1].clone()
+            m[n_real:] = 0
+            m = m.to(self.device)
+            logp = self._logp(batch.input_ids[r, :w], batch.attention_mask[r, :w], start)
+            old = logp.detach() if old_logp is None else old_logp[r, : w - 1].to(self.device)
+            gen = batch.generated_mask[r, : w - 1].to(self.device)
+            weights, keep = importance_weights(old, batch.rollout_logp[r, : w - 1].to(self.device), gen,
+                                               cap=cfg.is_cap, max_seq_error=cfg.max_seq_logprob_error)
+            m = m * keep[:, None]
+            loss, st = policy_loss_sum(logp, old, batch.advantages[r].to(self.device), m, cfg, is_weights=weights,
+                                       ref_logp=None if ref_logp is None else ref_logp[r, : w - 1].to(self.device))
+            (loss * world).backward()  # x world: FSDP2 averages gradients over ranks
+            totals += torch.tensor([float(m.sum()), st["clip_count"], st["kl_sum"], float(loss.detach())])
+            seen.append((old[:n_real].flatten().cpu(), batch.rollout_logp[r[:n_real], : w - 1].flatten(),
+                         gen[:n_real].flatten().cpu(), keep[:n_real].cpu(), weights[:n_real].flatten().cpu()))
+        n_tokens, clip_count, kl_sum, loss_sum = self.dist.reduce_sum(totals).tolist()
+        denom = max(n_tokens, 1.0)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        for p in params:
+            p.grad.div_(denom)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip) if params else torch.zeros(())
         lr = self.scheduler.get_last_lr()[0]  # the rate of this update
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        clip_count, kl_sum, loss_sum = self.dist.reduce_sum(totals).tolist()
-        denom = max(n_tokens, 1.0)
         return {"loss": loss_sum / denom, "grad_norm": float(grad_norm), "lr": lr,
-                "clip_fraction": clip_count / denom, "kl": kl_sum / denom,
-                "trained_tokens": n_tokens, "is_weight_mean": float(masked_mean(weights, batch.generated_mask)),
-                "mismatch_masked_fraction": float(1 - keep.mean()),
-                **logprob_mismatch(old_logp, batch.rollout_logp, batch.generated_mask)}
+                "clip_fraction": clip_count / denom, "kl": kl_sum / denom, "trained_tokens": n_tokens,
+                **self._mismatch_metrics(seen)}
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Full weights on the CPU (under FSDP2 a collective: rank 0 gets them, other ranks {})."""
+    def _mismatch_metrics(self, seen: list[tuple[torch.Tensor, ...]]) -> dict:
+        """Trainer-vs-rollout metrics over every rank's rows (token- or row-weighted means, summed over ranks)."""
+        if seen:
+            old, rollout, gen, keep, weights = (torch.cat(x) for x in zip(*seen))
+        else:
+            old = rollout = gen = weights = keep = torch.zeros(0)
+        local = {**logprob_mismatch(old, rollout, gen), "is_weight_mean": float(masked_mean(weights, gen))}
+        n_tok, n_rows = float(gen.sum()), float(keep.numel())
+        sums = self.dist.reduce_sum(torch.tensor([n_tok, n_rows, float((1 - keep).sum())] +
+                                                 [local[k] * n_tok for k in sorted(local)], dtype=torch.float64))
+        n_tok, n_rows, masked, *rest = sums.tolist()
+        return {"mismatch_masked_fraction": masked / max(n_rows, 1.0),
+                **{k: v / max(n_tok, 1.0) for k, v in zip(sorted(local), rest)}}
+
+    def state_dict(self, copy: bool = True) -> dict[str, torch.Tensor]:
+        """Full weights on the CPU (under FSDP2 a collective: rank 0 gets them, other ranks {}).
+
+        copy=False (the refit through Ray) may return the live CPU tensors: Ray serialises the
+        return value into its object store on return, which is the one copy needed.
+        """
         if self.dist.active:
             return full_model_state(self.model)
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        return {k: v.detach().to("cpu", copy=copy) for k, v in self.model.state_dict().items()}
 
     def open_weight_sync(self, master_addr: str, master_port: int, world: int) -> list:
         """Rank 0 becomes the sender of a weight-broadcast group with the rollout engines; returns the specs."""

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 import torch
 
 from chat_template.reasoning import ReasoningAugmentConfig
-from common.losses import masked_nll_sum
+from common.losses import masked_nll_sum, target_positions
+from common.attention import use_packed_attention
+from common.models import takes_logits_to_keep
 from sft.batching import model_inputs
 from sft.data import SFTDataConfig
 
@@ -70,6 +72,25 @@ def isolation_mode(setting: str, model) -> str:
     return setting
 
 
+def choose_attention(model, mode: str, device) -> str:
+    """Packed rows on CPU attend one conversation at a time (common/attention.py) instead of through
+    a block-diagonal T x T mask; elsewhere the model's own implementation stays (on GPU, flash
+    attention's varlen path when installed). Returns the implementation in use."""
+    if mode == "packed" and torch.device(device).type == "cpu":
+        use_packed_attention(model)
+    return getattr(model.config, "_attn_implementation", "?")
+
+
+def nll_sum(model, mb: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(NLL sum, target count) of one micro-batch; logits only at target positions where the model
+    allows it (transformers' `logits_to_keep`), which is exact and saves the LM head on prompts."""
+    ids, mask = mb["input_ids"].to(device), mb["loss_mask"].to(device)
+    keep = target_positions(mask) if takes_logits_to_keep(model) else None
+    extra = {} if keep is None else {"logits_to_keep": keep}
+    out = model(**model_inputs(mb, device), **extra)
+    return masked_nll_sum(out.logits, ids, mask, keep)
+
+
 def train_step(model, micro_batches: list[dict], optimizer, scheduler, *, grad_clip: float,
                device, reduce_sum=None) -> dict:
     """One optimizer step over micro-batches; loss normalised by the global batch's target tokens.
@@ -86,8 +107,7 @@ def train_step(model, micro_batches: list[dict], optimizer, scheduler, *, grad_c
     n_global = max(float(n_global), 1.0)
     total = 0.0
     for mb in micro_batches:
-        out = model(**model_inputs(mb, device))
-        s, _ = masked_nll_sum(out.logits, mb["input_ids"].to(device), mb["loss_mask"].to(device))
+        s, _ = nll_sum(model, mb, device)
         (s * world / n_global).backward()
         total += float(s.detach())
     grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -105,8 +125,7 @@ def validation_loss(model, batches: list[dict], device) -> float:
     model.eval()
     s_tot, n_tot = 0.0, 0.0
     for mb in batches:
-        out = model(**model_inputs(mb, device))
-        s, n = masked_nll_sum(out.logits, mb["input_ids"].to(device), mb["loss_mask"].to(device))
+        s, n = nll_sum(model, mb, device)
         s_tot, n_tot = s_tot + float(s), n_tot + float(n)
     model.train(was_training)
     return s_tot / max(n_tot, 1.0)

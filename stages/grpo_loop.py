@@ -174,7 +174,7 @@ class GRPORun:
             ray_utils.get(self.trainer.call("broadcast_weights") +
                           [w.receive_weights.remote(self.weight_specs) for w in self.workers])
             return
-        weights = self.trainer.call("state_dict")  # object refs: rank 0's goes trainer -> workers directly
+        weights = self.trainer.call("state_dict", False)  # object refs: rank 0's goes trainer -> workers directly
         ray_utils.get([w.update_weights.remote(weights[0]) for w in self.workers] + weights[1:])
 
 
@@ -211,12 +211,10 @@ def grpo_step(run: GRPORun, step: int) -> dict:
         dead = zero_variance_groups(rewards).repeat_interleave(g.group_size)
         trained = [not d and not (g.overlong_filtering and s.truncated) for d, s in zip(dead.tolist(), samples)]
         batch = build_batch(samples, adv.flatten().tolist(), trained, run.tok.pad_token_id)
-    with timer("logprobs"):
-        old = run.trainer.call("logprobs", batch)
-        ref = run.reference.call("logprobs", batch) if run.reference is not None else None
-        old, ref = torch.cat(ray_utils.get(old)), (torch.cat(ray_utils.get(ref)) if ref is not None else None)
+    with timer("logprobs"):  # the reference's; the policy's old log-probs come from the update's own forward
+        ref = torch.cat(ray_utils.get(run.reference.call("logprobs", batch))) if run.reference is not None else None
     with timer("update"):
-        update = ray_utils.get(run.trainer.call("update", batch, old, ref))[0]
+        update = ray_utils.get(run.trainer.call("update", batch, None, ref))[0]
     with timer("refit"):
         run.refit()
     gen_tokens = sum(len(s.response_ids) for s in samples)

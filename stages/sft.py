@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 from common.distributed import Dist, full_model_state, full_optimizer_state, load_optimizer_state
-from common.models import build_model, load_tokenizer, param_counts, resolve_device
+from common.models import adamw, build_model, load_tokenizer, param_counts, resolve_device
 from sft.batching import Sequence, make_batch, tokenize_rows
 from sft.data import DataError, load_mixture
 from sft.packing import efficiency, pack
-from sft.trainer import SFTConfig, isolation_mode, lr_multiplier, train_step, validation_loss
+from sft.trainer import SFTConfig, choose_attention, isolation_mode, lr_multiplier, train_step, validation_loss
 from stages import checkpoint as ckpt
 from stages.cli import UserError, main_for
 from stages.lineage import data_record
@@ -123,8 +123,10 @@ def run(cfg: SFTStageConfig, stage: str = "sft") -> dict | None:
     model = build_model(cfg.model, tok, device)
     parent = base_model_ref(cfg.model, model)
     mode = isolation_mode(s.attention_isolation, model)
-    log.info("model %s on %s x%d; attention isolation: %s%s", param_counts(model), device, dist.world, mode,
-             " (one conversation per row: Mamba layers have no sequence-aware scan here)" if mode == "rows" else "")
+    attention = choose_attention(model, mode, device)
+    why = " (one conversation per row: Mamba layers have no sequence-aware scan here)" if mode == "rows" else ""
+    log.info("model %s on %s x%d; attention isolation: %s%s; attention: %s", param_counts(model), device, dist.world,
+             mode, why, attention)
     data_dir = Path(cfg.runs_dir) / cfg.exp / "data"
     if dist.is_main:  # generate built-in data once, before the other ranks read it
         for src in s.data.sources:
@@ -149,8 +151,7 @@ def run(cfg: SFTStageConfig, stage: str = "sft") -> dict | None:
     if resume_from:
         ckpt.load_weights(model, Path(resume_from))  # before sharding: a plain HF model
     model = dist.shard(model)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr,
-                                  betas=tuple(s.betas), weight_decay=s.weight_decay)
+    optimizer = adamw(model, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_multiplier(i, s))
     step = 0
     if resume_from:

@@ -1,5 +1,7 @@
-"""bench/ scripts run and print one JSON line per packer (TRL's line only when it is installed)."""
+"""bench/ scripts: one JSON line per measured run and a ratio line, the peer (TRL) measured beside us."""
 import json
+
+import pytest
 
 from bench import packing
 
@@ -11,3 +13,42 @@ def test_packing_bench_prints_json_lines(capsys):
     assert ours["efficiency"] > 0.99 and ours["packs"] > 0 and ours["tokens"] == sum(
         packing.lognormal_lengths(3000, 1024, 0))
     assert any("trl" in str(r.get("packer")) for r in rows)  # measured, or reported as skipped
+
+
+def _json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_sft_bench_measures_both_trainers_on_the_same_tokens(capsys):
+    from bench import sft
+
+    assert sft.main(["--seq", "256", "--packs", "2", "--steps", "2", "--warmup", "1", "--repeats", "1"]) == 0
+    rows = _json_lines(capsys.readouterr().out)
+    ours = next(r for r in rows if r.get("trainer") == "nano-posttrain")
+    trl = next(r for r in rows if str(r.get("trainer")).startswith("trl"))
+    assert ours["attention"] == "packed_sdpa" and ours["steps_timed"] == trl["steps_timed"] == 2
+    for r in (ours, trl):
+        assert r["tokens_per_s"] > 0 and r["peak_rss_gib"] > 0
+        assert 0.8 * 2 * 256 < r["real_tokens_per_step"] <= 2 * 256  # two packed rows of 256 per step
+    # same seeded model and tokens: the first losses agree (each side's first batch differs)
+    assert abs(ours["first_loss"] - trl["first_loss"]) < 0.1
+    assert rows[-1]["ratio_tokens_per_s_ours_over_trl"] == pytest.approx(ours["tokens_per_s"] / trl["tokens_per_s"])
+
+
+@pytest.mark.slow
+def test_grpo_bench_times_every_phase_of_both_trainers(tmp_path, capsys):
+    from bench import grpo
+
+    argv = ["--workdir", str(tmp_path), "--sft-steps", "20", "--prompts", "4", "--group", "4", "--max-new", "16",
+            "--steps", "1", "--warmup", "1"]
+    assert grpo.main(argv) == 0
+    rows = _json_lines(capsys.readouterr().out)
+    assert not [r for r in rows if "error" in r], rows
+    ours, trl = rows[0], rows[1]
+    assert ours["trainer"] == "nano-posttrain rlvr" and trl["trainer"].startswith("trl")
+    for r in (ours, trl):
+        phases = sum(r[f"{p}_s"] for p in grpo.PHASES)
+        assert r["step_s"] > 0 and phases == pytest.approx(r["step_s"], rel=1e-6)  # the phases cover the step
+        assert r["generate_s"] > 0 and r["refit_s"] > 0 and r["gen_tokens_per_s"] > 0
+    assert ours["logprobs_s"] < 0.01  # folded into the update (no reference model)
+    assert "ratio_step_time_ours_over_trl" in rows[2]

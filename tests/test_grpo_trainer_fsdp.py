@@ -48,8 +48,31 @@ def test_two_fsdp_ranks_match_one_process(tiny_model_dir):
         assert states[1] == {}  # the full weights are gathered on rank 0 only
         w1, w2 = single.state_dict(), states[0]
         assert w1.keys() == w2.keys()
-        assert all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)
+        # 2 Adam steps of lr 1e-3 move weights ~2e-3; the ranks trim their own padding, so float
+        # summation order differs and Adam's sign-like first steps carry that as ~1e-5 differences.
+        assert all(torch.allclose(w1[k], w2[k], atol=5e-5) for k in w1)
         opt_state, _ = ray_utils.get(group.call("training_state"))[0]
         assert len(opt_state["state"]) == len(single.optimizer.state)  # unsharded, keyed by name
     finally:
         ray_utils.shutdown()
+
+
+def test_update_without_old_logprobs_matches_a_separate_pass(tiny_model_dir):
+    """The RL loop passes no old log-probs: the update's own forward supplies them, which must give
+    the same step as computing them first (the weights do not change until the optimizer step)."""
+    optim = OptimConfig(lr=1e-3, warmup_steps=0, micro_batch_size=3)
+    separate, folded = PolicyTrainer(tiny_model_dir, optim), PolicyTrainer(tiny_model_dir, optim)
+    batch = _batch(n=9)
+    for step in range(2):
+        old = separate.logprobs(batch)
+        gen = batch.generated_mask
+        batch.rollout_logp = (old + 0.01) * gen
+        batch.rollout_logp[5] += 1.0 * gen[5]  # one sequence far off: the mismatch mask drops it
+        m1, m2 = separate.update(batch, old), folded.update(batch)
+        assert m1["mismatch_masked_fraction"] == pytest.approx(1 / 8)  # of the 8 trained rows (row 3 is not)
+        for key in ("loss", "grad_norm", "clip_fraction", "trained_tokens", "gen_kl_error", "is_weight_mean",
+                    "mismatch_masked_fraction", "logprob_abs_error"):
+            assert m1[key] == pytest.approx(m2[key], rel=1e-4, abs=1e-6), (step, key, m1[key], m2[key])
+    w0, w1, w2 = PolicyTrainer(tiny_model_dir, optim).state_dict(), separate.state_dict(), folded.state_dict()
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
+    assert any(not torch.equal(w1[k], w0[k]) for k in w1)  # it did train

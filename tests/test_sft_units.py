@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from common.losses import masked_nll_sum
-from common.models import build_model, load_tokenizer
+from common.models import build_model, load_tokenizer, takes_logits_to_keep
 from common.synthetic import sft_rows
 from sft.batching import make_batch, model_inputs, tokenize_rows
 from sft.data import DataError, DataSource, SFTDataConfig, load_mixture, parse_row
 from sft.packing import efficiency, pack
-from sft.trainer import SFTConfig, isolation_mode, lr_multiplier, train_step
+from sft.trainer import SFTConfig, isolation_mode, lr_multiplier, nll_sum, train_step
 from stages.config import load_config
 from stages.schema import RunConfig
 
@@ -75,6 +75,10 @@ def test_packed_loss_equals_unpacked(preset, mode):
         out = model(**model_inputs(batch, "cpu"))
         s, n = masked_nll_sum(out.logits, batch["input_ids"], batch["loss_mask"])
         assert abs(float(s) / float(n) - _per_conversation_loss(model, seqs)) < 1e-5
+        # the trainer's path: LM head only where the next token is a target; same sum, same count
+        assert takes_logits_to_keep(model)
+        s2, n2 = nll_sum(model, batch, "cpu")
+        assert float(n2) == float(n) and abs(float(s2) - float(s)) < 1e-3 * float(n)
 
 
 def test_hybrid_refuses_leaky_packing_and_packing_would_leak():
