@@ -52,3 +52,13 @@ def test_grpo_bench_times_every_phase_of_both_trainers(tmp_path, capsys):
         assert r["generate_s"] > 0 and r["refit_s"] > 0 and r["gen_tokens_per_s"] > 0
     assert ours["logprobs_s"] < 0.01  # folded into the update (no reference model)
     assert "ratio_step_time_ours_over_trl" in rows[2]
+
+
+@pytest.mark.gpu
+def test_sft_bench_on_gpu_reports_mfu_and_memory(capsys):
+    from bench import sft
+
+    assert sft.main(["--model", "qwen3_0p5b", "--seq", "2048", "--packs", "2", "--steps", "2", "--warmup", "1",
+                     "--repeats", "1", "--only", "ours"]) == 0
+    r = _json_lines(capsys.readouterr().out)[0]
+    assert 0 < r["mfu"] < 1 and r["peak_mem_gib"] > 1 and r["tokens_per_s"] > 0

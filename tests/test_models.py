@@ -114,3 +114,16 @@ def test_bf16_on_gpu():
     assert next(model.parameters()).dtype == torch.bfloat16 and next(model.parameters()).is_cuda
     x = torch.randint(0, len(tok), (2, 32), device="cuda")
     model(input_ids=x, labels=x).loss.backward()
+
+
+@pytest.mark.parametrize("preset,billions", [("qwen3_0p5b", 0.60), ("qwen3_1p5b", 1.72), ("nemotron_h_0p5b", 0.45)])
+def test_benchmark_presets_have_their_size(preset, billions):
+    """The GPU benchmark configs (built on the meta device: shapes only, no memory) are the sizes
+    RESULTS.md reports them as."""
+    from common.models import build_config
+    from transformers import AutoModelForCausalLM
+
+    cfg = model_cfg(preset)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(build_config(cfg.arch, load_tokenizer(cfg)))
+    assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, rel=0.03)
