@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import torch
 
 from chat_template.reasoning import ReasoningAugmentConfig
-from common.losses import masked_nll_sum, target_positions
 from common.attention import use_packed_attention
+from common.losses import masked_nll_sum, target_positions
 from common.models import takes_logits_to_keep
 from sft.batching import model_inputs
 from sft.data import SFTDataConfig
