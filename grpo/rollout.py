@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from common import ray_utils
+
 
 @dataclass
 class SamplingConfig:
@@ -41,7 +43,8 @@ class RolloutBackend:
         raise NotImplementedError
 
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Serve these weights (transformers' parameter names, as `model.state_dict()` gives)."""
+        """Serve these weights (transformers' parameter names, as `model.state_dict()` gives; tensors
+        or `ray_utils.to_wire` arrays)."""
         raise NotImplementedError
 
     def open_weight_sync(self, master_addr: str, master_port: int, rank: int, world: int) -> None:
@@ -98,7 +101,7 @@ class VLLMRollout(RolloutBackend):
     def update_weights(self, state_dict):
         from transformers.core_model_loading import revert_weight_conversion
 
-        weights = revert_weight_conversion(self._names, state_dict)  # vLLM reads checkpoint names
+        weights = revert_weight_conversion(self._names, ray_utils.from_wire(state_dict))  # checkpoint names
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights.items())})
 
 
@@ -152,7 +155,7 @@ class HFRollout(RolloutBackend):
         return [samples[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     def update_weights(self, state_dict):
-        self.model.load_state_dict(state_dict, strict=True)
+        self.model.load_state_dict(ray_utils.from_wire(state_dict), strict=True)
 
 
 BACKENDS: dict[str, type[RolloutBackend]] = {"vllm": VLLMRollout, "hf": HFRollout}

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from common import ray_utils
 from common.distributed import (Dist, WeightBroadcast, broadcast_full_weights, full_model_state, full_optimizer_state,
                                 load_optimizer_state, weight_specs)
 from common.losses import token_logprobs
@@ -207,14 +208,15 @@ class PolicyTrainer:
                 **{k: v / max(n_tok, 1.0) for k, v in zip(sorted(local), rest)}}
 
     def state_dict(self, copy: bool = True) -> dict[str, torch.Tensor]:
-        """Full weights on the CPU (under FSDP2 a collective: rank 0 gets them, other ranks {}).
-
-        copy=False (the refit through Ray) may return the live CPU tensors: Ray serialises the
-        return value into its object store on return, which is the one copy needed.
-        """
+        """Full weights on the CPU (under FSDP2 a collective: rank 0 gets them, other ranks {})."""
         if self.dist.active:
             return full_model_state(self.model)
         return {k: v.detach().to("cpu", copy=copy) for k, v in self.model.state_dict().items()}
+
+    def refit_weights(self) -> dict:
+        """`state_dict` for the object-store refit: live tensors (Ray copies the return value into
+        its store, the one copy needed) as numpy, which Ray passes on without another copy."""
+        return ray_utils.to_wire(self.state_dict(copy=False))
 
     def open_weight_sync(self, master_addr: str, master_port: int, world: int) -> list:
         """Rank 0 becomes the sender of a weight-broadcast group with the rollout engines; returns the specs."""

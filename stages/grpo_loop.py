@@ -174,7 +174,7 @@ class GRPORun:
             ray_utils.get(self.trainer.call("broadcast_weights") +
                           [w.receive_weights.remote(self.weight_specs) for w in self.workers])
             return
-        weights = self.trainer.call("state_dict", False)  # object refs: rank 0's goes trainer -> workers directly
+        weights = self.trainer.call("refit_weights")  # object refs: rank 0's goes trainer -> workers directly
         ray_utils.get([w.update_weights.remote(weights[0]) for w in self.workers] + weights[1:])
 
 

@@ -194,3 +194,16 @@ def test_offline_scoring_cli(tmp_path, capsys):
     f.write_text(json.dumps({"env": "math", "prompt": "x", "answer": "1"}) + "\n")
     assert main(["score", "--input", str(f)]) == 2
     assert f"{f}:1: response: missing" in capsys.readouterr().err
+
+
+def test_refit_weights_travel_as_numpy_and_come_back_equal():
+    import numpy as np
+
+    from common.ray_utils import from_wire, to_wire
+
+    state = {"w": torch.randn(3, 4), "b": torch.randn(5).to(torch.bfloat16), "n": torch.arange(6)}
+    wire = to_wire(state)
+    assert all(isinstance(arr, np.ndarray) for _, arr in wire.values())
+    back = from_wire(wire)
+    assert all(back[k].dtype == v.dtype and torch.equal(back[k], v) for k, v in state.items())
+    assert from_wire(state)["w"] is state["w"]  # plain tensors pass unchanged
