@@ -82,7 +82,7 @@ submit-logs: $(STAMP)
 # Benchmarks against peers (installs the peers first: the `bench` extra).
 # BENCH_ARGS: the script's own flags (see `python -m bench.<name> --help`).
 BENCH_ARGS ?=
-.PHONY: bench-deps bench-packing bench-sft bench-grpo
+.PHONY: bench-deps bench-packing bench-sft bench-grpo bench-rollout
 bench-deps: $(STAMP)
 	$(PY) -m pip install -q -c requirements/cpu.lock -e ".[bench]"
 bench-packing: bench-deps
@@ -91,3 +91,5 @@ bench-sft: bench-deps
 	HF_HUB_OFFLINE=1 $(PY) -m bench.sft $(BENCH_ARGS)
 bench-grpo: bench-deps
 	HF_HUB_OFFLINE=1 $(PY) -m bench.grpo $(BENCH_ARGS)
+bench-rollout: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m bench.rollout $(BENCH_ARGS)

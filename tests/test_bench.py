@@ -62,3 +62,26 @@ def test_sft_bench_on_gpu_reports_mfu_and_memory(capsys):
                      "--repeats", "1", "--only", "ours"]) == 0
     r = _json_lines(capsys.readouterr().out)[0]
     assert 0 < r["mfu"] < 1 and r["peak_mem_gib"] > 1 and r["tokens_per_s"] > 0
+
+
+@pytest.mark.gpu
+def test_hf_rollout_bench_on_gpu(tmp_path, capsys):
+    from bench import rollout
+
+    assert rollout.main(["--workdir", str(tmp_path), "--model", "qwen3_0p5b", "--backends", "hf", "--max-new", "32",
+                         "--batches", "1"]) == 0
+    r = _json_lines(capsys.readouterr().out)[0]
+    assert r["gen_tokens_per_s"] > 0 and r["device"] != "cpu"
+
+
+def test_rollout_bench_runs_both_backends_on_the_same_batch(tmp_path, capsys):
+    from bench import rollout
+
+    argv = ["--workdir", str(tmp_path), "--prompts", "2", "--group", "2", "--max-new", "8", "--batches", "1"]
+    assert rollout.main(argv) == 0
+    rows = _json_lines(capsys.readouterr().out)
+    hf, vllm = (next(r for r in rows if r.get("trainer") == b) for b in ("hf", "vllm"))
+    for r in (hf, vllm):
+        assert r["gen_tokens_per_s"] > 0 and 1 <= r["mean_response_tokens"] <= 8
+    assert rows[-1]["ratio_gen_tokens_per_s_vllm_over_hf"] == pytest.approx(
+        vllm["gen_tokens_per_s"] / hf["gen_tokens_per_s"])
