@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if {"hf", "vllm"} <= best.keys():
         print(json.dumps({"bench": "rollout", "ratio_gen_tokens_per_s_vllm_over_hf":
                           best["vllm"]["gen_tokens_per_s"] / best["hf"]["gen_tokens_per_s"]}))
-    return 0 if best else 1
+    return 0 if len(best) == len(backends) else 1
 
 
 if __name__ == "__main__":

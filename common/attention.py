@@ -5,8 +5,10 @@ SDPA path with a block-diagonal [T, T] mask, so the kernel still computes attent
 row: T^2 / 2 scores where the conversations need only sum(n_i^2) / 2 (at 1024-token packs of
 ~130-token conversations, ~8x fewer). Varlen flash attention does the same on GPUs that have it;
 this is the portable equivalent, registered as the attention implementation "packed_sdpa":
-rows whose position ids restart are split at the restarts, anything else (padding masks, KV caches
-in generation, a single conversation) goes to transformers' own SDPA path unchanged.
+rows whose position ids restart are split at the restarts, anything else (KV caches in generation,
+a single conversation, sliding windows, biases) goes to transformers' own SDPA path unchanged. A
+restart is taken as a conversation boundary of a causal packed row, and the mask transformers
+builds for it is not read: do not combine restarting position ids with a padding mask.
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     spans = None
-    if position_ids is not None and sliding_window is None and query.shape[2] == key.shape[2] > 1 \
+    plain = kwargs.get("cache") is None and kwargs.get("position_bias") is None and kwargs.get("is_causal") is not False
+    if plain and position_ids is not None and sliding_window is None and query.shape[2] == key.shape[2] > 1 \
             and position_ids.shape[-1] == query.shape[2]:
         spans = segments(position_ids.expand(query.shape[0], -1))
     if spans is None or all(len(s) == 1 for s in spans):

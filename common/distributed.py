@@ -67,11 +67,13 @@ class Dist:
         return model
 
     def reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks, returned on t's device (NCCL reduces only GPU tensors: CPU ones go via it)."""
         if not self.active:
             return t
-        t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t
+        on_gpu = dist.get_backend() == "nccl" and t.device.type == "cpu"
+        r = t.to("cuda") if on_gpu else t.clone()
+        dist.all_reduce(r, op=dist.ReduceOp.SUM)
+        return r.cpu() if on_gpu else r
 
     def broadcast(self, obj):
         """rank 0's value of a picklable object, on every rank."""

@@ -18,8 +18,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> dict
         env_vars = {k: v for k, v in os.environ.items()
                     if k.startswith(("VLLM_", "HF_", "TOKENIZERS_", "OMP_", "PYTHONPATH"))}
         # Ray gives actors without CPU reservations OMP_NUM_THREADS=1: torch in the trainer would use
-        # one core of many (the RL loop's phases take turns, so each may use them all).
-        env_vars.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+        # one core of many (the RL loop's phases mostly take turns, so each may use them all).
+        env_vars.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)) or 1))
         # Joining a cluster (e.g. as a Ray job): keep the job's runtime env (its working dir and
         # env vars); a runtime_env given here would replace it for every actor.
         ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,

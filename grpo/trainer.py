@@ -148,7 +148,7 @@ class PolicyTrainer:
         old policy's. That is exact, since the weights change only at the single optimizer step at
         the end, and it saves the separate forward pass over the batch. The trained-token count (it
         depends on the importance-sampling mask) is then known only after the last micro-batch, so
-        gradients of loss sums accumulate and are divided by it before clipping. Mismatch metrics
+        gradients are rescaled to it before clipping. Mismatch metrics
         cover the rows the update ran (those with a trained token), on every rank.
         """
         cfg, world = self.loss_cfg, self.dist.world
@@ -157,6 +157,10 @@ class PolicyTrainer:
         rows, real = self._rows(len(live))
         rows = live[rows]
         start = response_start(batch.generated_mask)
+        # Gradients are of loss sums / every response token of the batch (known up front, the same on
+        # every rank), rescaled below to / the tokens left after the importance-sampling mask: the
+        # backward passes see the usual scale (no float16 overflow), the result is exactly normalised.
+        provisional = max(float(batch.response_mask.sum()), 1.0)
         self.model.train()
         totals = torch.zeros(4)  # trained tokens, clipped tokens, KL sum, loss sum
         seen: list[tuple[torch.Tensor, ...]] = []  # per micro-batch: old, rollout, generated, keep, weights
@@ -175,7 +179,7 @@ class PolicyTrainer:
             m = m * keep[:, None]
             loss, st = policy_loss_sum(logp, old, batch.advantages[r].to(self.device), m, cfg, is_weights=weights,
                                        ref_logp=None if ref_logp is None else ref_logp[r, : w - 1].to(self.device))
-            (loss * world).backward()  # x world: FSDP2 averages gradients over ranks
+            (loss * world / provisional).backward()  # x world: FSDP2 averages gradients over ranks
             totals += torch.tensor([float(m.sum()), st["clip_count"], st["kl_sum"], float(loss.detach())])
             seen.append((old[:n_real].flatten().cpu(), batch.rollout_logp[r[:n_real], : w - 1].flatten(),
                          gen[:n_real].flatten().cpu(), keep[:n_real].cpu(), weights[:n_real].flatten().cpu()))
@@ -183,10 +187,11 @@ class PolicyTrainer:
         denom = max(n_tokens, 1.0)
         params = [p for p in self.model.parameters() if p.grad is not None]
         for p in params:
-            p.grad.div_(denom)
+            p.grad.mul_(provisional / denom)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip) if params else torch.zeros(())
         lr = self.scheduler.get_last_lr()[0]  # the rate of this update
-        self.optimizer.step()
+        if n_tokens:  # nothing trained (all masked): no step, or Adam's momentum would still move the weights
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss_sum / denom, "grad_norm": float(grad_norm), "lr": lr,

@@ -13,8 +13,9 @@ from grpo.trainer import OptimConfig, PolicyTrainer, build_batch
 pytestmark = pytest.mark.slow
 
 
-def _batch(n: int = 7, seed: int = 0):
-    """n samples of random lengths (odd n: the 2 ranks get unequal rows), a mix of advantages."""
+def _batch(n: int = 7, seed: int = 0, untrained: tuple[int, ...] = (3,)):
+    """n samples of random lengths, a mix of advantages; rows in `untrained` have no loss (the update
+    skips them: with an odd number of trained rows the 2 ranks get unequal shares, one padded)."""
     rng = random.Random(seed)
     samples = [Sample([rng.randrange(10, 1000) for _ in range(rng.randint(4, 9))],
                       [rng.randrange(10, 1000) for _ in range(rng.randint(1, 12))], [], truncated=False)
@@ -22,14 +23,14 @@ def _batch(n: int = 7, seed: int = 0):
     for s in samples:
         s.logprobs = [-5.0] * len(s.response_ids)  # replaced by the trainer's own below
     adv = [rng.uniform(-1.5, 1.5) for _ in range(n)]
-    return build_batch(samples, adv, [i != 3 for i in range(n)], pad_id=0)  # row 3 untrained
+    return build_batch(samples, adv, [i not in untrained for i in range(n)], pad_id=0)
 
 
 def test_two_fsdp_ranks_match_one_process(tiny_model_dir):
     os.environ["RAY_AUTH_MODE"] = "disabled"
     optim = OptimConfig(lr=1e-3, warmup_steps=0, micro_batch_size=2)
     single = PolicyTrainer(tiny_model_dir, optim)
-    batch = _batch()
+    batch = _batch(untrained=(3, 5))  # 5 trained rows: 3 on rank 0, 2 + a padding row on rank 1
     ray_utils.init_ray(num_cpus=2)
     try:
         group = ray_utils.ActorGroup(PolicyTrainer, 2, tiny_model_dir, optim)
@@ -76,3 +77,18 @@ def test_update_without_old_logprobs_matches_a_separate_pass(tiny_model_dir):
     w0, w1, w2 = PolicyTrainer(tiny_model_dir, optim).state_dict(), separate.state_dict(), folded.state_dict()
     assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
     assert any(not torch.equal(w1[k], w0[k]) for k in w1)  # it did train
+
+
+def test_update_with_every_token_masked_leaves_the_weights_alone(tiny_model_dir):
+    """If the mismatch mask drops every sequence (e.g. a refit that failed), no optimizer step is
+    taken: Adam's momentum from earlier steps must not move the weights on zero gradients."""
+    trainer = PolicyTrainer(tiny_model_dir, OptimConfig(lr=1e-3, warmup_steps=0))
+    batch = _batch()
+    batch.rollout_logp = trainer.logprobs(batch) * batch.generated_mask
+    assert trainer.update(batch)["trained_tokens"] > 0  # a real step: Adam now has momentum
+    before = trainer.state_dict()
+    batch.rollout_logp = batch.rollout_logp - 5.0 * batch.generated_mask  # every sequence far off
+    m = trainer.update(batch)
+    assert m["trained_tokens"] == 0 and m["mismatch_masked_fraction"] == 1.0
+    after = trainer.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
