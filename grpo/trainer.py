@@ -148,8 +148,8 @@ class PolicyTrainer:
         old policy's. That is exact, since the weights change only at the single optimizer step at
         the end, and it saves the separate forward pass over the batch. The trained-token count (it
         depends on the importance-sampling mask) is then known only after the last micro-batch, so
-        gradients are rescaled to it before clipping. Mismatch metrics
-        cover the rows the update ran (those with a trained token), on every rank.
+        gradients are rescaled to it before clipping. Mismatch metrics cover the rows the update ran
+        (those with a trained token), on every rank.
         """
         cfg, world = self.loss_cfg, self.dist.world
         # Rows without a trained token (zero-variance groups, truncated...) add nothing to the loss: skip them.
