@@ -58,7 +58,8 @@ def run_ours(a) -> dict:
            f"grpo.group_size={a.group}", f"grpo.sampling.max_new_tokens={a.max_new}", "grpo.val_tasks=[]",
            "grpo.optim.lr=1e-5", "grpo.optim.warmup_steps=0", f"grpo.optim.micro_batch_size={a.prompts * a.group}",
            "checkpoint.every_steps=0", f"seed={a.seed}"]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=open(work / "ours.log", "w"))
+    with open(work / "ours.log", "w") as log:
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=log)
     rows = [json.loads(ln) for ln in open(work / "bench" / "rlvr" / "metrics.jsonl")]
     rows = [r for r in rows if "loss" in r]
     steps = []
@@ -116,7 +117,8 @@ def run_trl(a) -> dict:
         cpu_env_defaults()
     model_dir = str(Path(a.workdir) / "bench" / "sft" / "model")
     tok = AutoTokenizer.from_pretrained(model_dir)
-    tasks = [json.loads(ln) for ln in open(builtin_data("builtin:math_train", Path(a.workdir) / "bench" / "data", 0))]
+    task_file = builtin_data("builtin:math_train", Path(a.workdir) / "bench" / "data", a.seed)  # ours writes it too
+    tasks = [json.loads(ln) for ln in open(task_file)]
     text = [render_text(tok, *normalize(t["messages"]), add_generation_prompt=True, enable_thinking=True)
             for t in tasks]
     ds = Dataset.from_dict({"prompt": text, "answer": [t["answer"] for t in tasks], "id": [t["id"] for t in tasks]})
@@ -176,9 +178,10 @@ def start_model(a) -> None:
     """Our SFT stage, once: a policy that sometimes solves the tasks (so groups have reward variance)."""
     if (Path(a.workdir) / "bench" / "sft" / "model" / "config.json").is_file():
         return
-    subprocess.run([sys.executable, "-m", "stages.sft", "exp=bench", f"runs_dir={a.workdir}", f"model={a.model}",
-                    f"sft.max_steps={a.sft_steps}", "checkpoint.every_steps=0", "sft.val_every=100000"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=open(Path(a.workdir) / "sft.log", "w"))
+    cmd = [sys.executable, "-m", "stages.sft", "exp=bench", f"runs_dir={a.workdir}", f"model={a.model}",
+           f"sft.max_steps={a.sft_steps}", "checkpoint.every_steps=0", "sft.val_every=100000"]
+    with open(Path(a.workdir) / "sft.log", "w") as log:
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=log)
 
 
 def parse(argv):
