@@ -27,7 +27,7 @@ from chat_template.render import continuation_ids, prompt_ids
 from common import ray_utils
 from common.models import load_tokenizer
 from grpo.algorithm import PolicyLossConfig, group_advantages, zero_variance_groups
-from grpo.envs import REGISTRY, EnvPool, Score, load_modules, make
+from grpo.envs import DEFAULT_TIMEOUT_S, REGISTRY, EnvPool, Score, load_modules, make
 from grpo.multiturn import run_episodes
 from grpo.rollout import SamplingConfig, backend_class
 from grpo.tasks import CurriculumConfig, CurriculumSampler, TaskError, TaskSampler, group_by_env, load_tasks
@@ -71,13 +71,13 @@ class GRPOConfig:
     env_ratios: dict[str, float] = field(default_factory=lambda: {"math": 1.0})
     env_modules: list[str] = field(default_factory=list)  # modules that register more environments
     env_options: dict[str, Any] = field(default_factory=dict)  # env name -> its constructor options
-    score_workers: int = 0  # scoring threads in the environment actor; 0: one per CPU core
+    score_workers: int = 0  # scoring worker processes of the environment actor; 0: one per CPU core
     train_tasks: list[str] = field(default_factory=lambda: ["builtin:math_train"])
     val_tasks: list[str] = field(default_factory=lambda: ["builtin:math_heldout"])
     val_every: int = 10
     val_size: int = 64  # held-out tasks per environment
     val_max_new_tokens: int = 64
-    score_timeout_s: float = 10.0
+    score_timeout_s: float = DEFAULT_TIMEOUT_S  # per-sample deadline; a verifier past it is killed
     ray_address: Optional[str] = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -111,6 +111,7 @@ class GRPORun:
     val_tasks: list[dict]
     files: list[str]  # task files, for the lineage record
     multi_turn: dict[str, int] = field(default_factory=dict)  # multi-turn env name -> default max turns
+    val_metrics: Any = None  # (val tasks, their scores) -> more validation metrics (a stage's own)
     weight_specs: list | None = None  # set when refitting by broadcast
 
     # ------------------------------------------------------------------ phases
@@ -268,7 +269,10 @@ def validate(run: GRPORun) -> dict:
     greedy = SamplingConfig(max_new_tokens=run.g.val_max_new_tokens, temperature=0.0, top_p=1.0)
     groups = run.generate(run.val_tasks, 1, greedy, seed=0)
     _, scores = run.score(run.val_tasks, groups)
-    return {f"val/{k}": v for k, v in held_out_metrics(run.val_tasks, groups, scores).items()}
+    metrics = held_out_metrics(run.val_tasks, groups, scores)
+    if run.val_metrics:
+        metrics.update(run.val_metrics(run.val_tasks, scores))
+    return {f"val/{k}": v for k, v in metrics.items()}
 
 
 # ---------------------------------------------------------------------------------- the stage
@@ -375,11 +379,13 @@ def save_checkpoint(run_: StageRun, run: GRPORun, step: int, model_dir: str) -> 
 
 
 def run_grpo_stage(cfg, stage: str, parent_stage: str, *, start_model: str | None = None, env_extras=None,
-                   lineage_extra: dict | None = None) -> dict:
+                   lineage_extra: dict | None = None, val_metrics=None) -> dict:
     """Recipe of an RL stage: parent -> setup actors -> loop -> export + lineage -> shut Ray down.
 
     `start_model`: where the policy starts when it is not the parent's model (GenRM's warm start);
-    `lineage_extra`: more provenance for the lineage record (e.g. the RLHF judge).
+    `lineage_extra`: more provenance for the lineage record (e.g. the RLHF judge);
+    `val_metrics(tasks, scores)`: metrics of the stage's own over each validation (the judge's
+    position consistency).
     """
     g = cfg.grpo
     parent_dir = Path(cfg.parent) if cfg.parent else Path(cfg.runs_dir) / cfg.exp / parent_stage
@@ -390,6 +396,7 @@ def run_grpo_stage(cfg, stage: str, parent_stage: str, *, start_model: str | Non
     run_.record.update(lineage_extra or {})
     try:
         run = setup(cfg, model_dir, str(run_.resume_from) if run_.resume_from else None, env_extras)
+        run.val_metrics = val_metrics
         if g.curriculum.enabled:
             run.sampler = curriculum_sampler(run_, run)
         step = 0

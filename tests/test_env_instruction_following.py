@@ -5,7 +5,7 @@ import json
 import pytest
 
 import grpo.envs.instruction_following as ifm
-from grpo.envs import make, score_safely
+from grpo.envs import make
 
 W = "word "
 # (constraint, answer, expected): each type at least once passing and once failing, near misses included.
@@ -190,8 +190,6 @@ def test_malformed_tasks_raise(env):
     # a malformed task is reported even when the answer is empty
     with pytest.raises(ValueError, match="missing field 'n'"):
         env.score(_task([{"type": "bullet_count"}]), "never closed")
-    s = score_safely(env, _task([{"type": "haiku"}]), _resp("x"))
-    assert s.reward == 0.0 and "unknown constraint type" in s.reason
 
 
 # ---- the generated default task set ------------------------------------------------------------

@@ -131,9 +131,9 @@ def test_run_episodes_masks_fed_back_tokens_and_stops():
 
 
 def test_env_pool_steps_safely():
-    pool = EnvPool(["tool_use"], timeout_s=5)
     bad = {**TASK, "tools": None}
-    out = pool.step([(TASK, DB, turn(call("search_records", table="people", query="Ali"))), (bad, None, turn(
-        call("search_records", table="people", query="x")))])
+    with EnvPool(["tool_use"], timeout_s=5) as pool:
+        out = pool.step([(TASK, DB, turn(call("search_records", table="people", query="Ali"))), (bad, None, turn(
+            call("search_records", table="people", query="x")))])
     assert json.loads(out[0][0][0]["content"])[0]["name"] == "Alice" and out[0][2] is None
     assert out[1][0] is None and out[1][2].startswith("error: ")  # a broken episode ends with its error

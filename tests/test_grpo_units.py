@@ -1,11 +1,10 @@
 """RL data, environments and scoring safety (no Ray, no engine)."""
 import json
-import time
 
 import pytest
 import torch
 
-from grpo.envs import Environment, EnvPool, Score, make, register, score_batch, score_safely
+from grpo.envs import EnvPool, Score, make
 from grpo.tasks import (CurriculumConfig, CurriculumSampler, TaskError, TaskSampler, group_by_env, load_tasks,
                         split_counts)
 
@@ -87,7 +86,7 @@ def test_task_file_errors_name_file_line_field(tmp_path):
     ("x\n</think>\n\\boxed{6} no wait \\boxed{7", "6", 0.0),  # an unclosed last box is no answer
 ])
 def test_math_env(response, answer, reward):
-    assert score_safely(make("math"), {"env": "math", "answer": answer}, response).reward == reward
+    assert make("math").score({"env": "math", "answer": answer}, response).reward == reward
 
 
 def test_boxed_share_reaches_metrics_per_env():
@@ -100,34 +99,28 @@ def test_boxed_share_reaches_metrics_per_env():
     assert info_means(infos) == pytest.approx({"math/boxed": 2 / 3, "other/boxed": 1.0})
 
 
-class Raises(Environment):
-    name = "test_raises"
-
-    def score(self, task, response):
-        raise RuntimeError("verifier blew up")
-
-
-class Hangs(Environment):
-    name = "test_hangs"
-
-    def score(self, task, response):
-        time.sleep(30)
-        return Score(1.0)
+@pytest.mark.parametrize("answer, why", [
+    ("9^{9^{9^{9}}}", "exponent tower"), ("9^9^9", "exponent tower"), ("e^{e^{e^{9}}}", "exponent tower"),
+    ("2\\uparrow\\uparrow 5", "exponent tower"), ("9^{99999}", "a power with more than 10000 digits"),
+    ("x^{100000}", "exponent above 1000"), ("(9^{999})^{999}", "exponent above 1000"),
+    ("100000!", "factorial above 1000!"), ("(5!)!", "nested factorial or power"), ("1" * 1001, "answer longer"),
+])
+def test_math_refuses_answers_whose_evaluation_explodes(answer, why):
+    s = make("math").score({"env": "math", "answer": "7"}, f"r</think>\\boxed{{{answer}}}")
+    assert s.reward == 0.0 and s.reason.startswith(f"refused: {why}")
 
 
-def test_env_that_raises_or_hangs_gives_zero_with_reason():
-    register(Raises), register(Hangs)
-    t0 = time.time()
-    out = score_batch({"test_raises": make("test_raises"), "test_hangs": make("test_hangs"), "math": make("math")},
-                      [({"env": "test_raises"}, "x"), ({"env": "test_hangs"}, "x"),
-                       ({"env": "math", "answer": "2"}, "r\n</think>\n\\boxed{2}"), ({"env": "nope"}, "x")],
-                      timeout_s=0.5)
-    assert time.time() - t0 < 5
-    assert [s.reward for s in out] == [0.0, 0.0, 1.0, 0.0]
-    assert out[0].reason == "error: RuntimeError: verifier blew up"
-    assert out[1].reason == "timeout after 0.5s" and "no environment 'nope'" in out[3].reason
-    pool = EnvPool(["math"])
-    assert pool.score([({"env": "math", "answer": "4"}, "r\n</think>\n\\boxed{4}")])[0].reward == 1.0
+@pytest.mark.parametrize("answer", ["2^{10}", "10^{100}", "(9^9)^9", "\\frac{10!}{8!}", "e^{i\\pi}", "2^{-3}",
+                                    "1\\!000", "(x+1)^{50}", "3^{2} + 4^{2}"])
+def test_math_evaluates_ordinary_powers_and_factorials(answer):
+    s = make("math").score({"env": "math", "answer": "7"}, f"r</think>\\boxed{{{answer}}}")
+    assert s.reason.startswith("wrong answer")
+
+
+def test_env_pool_scores_in_worker_processes():
+    with EnvPool(["math"]) as pool:
+        assert pool.score([({"env": "math", "answer": "4"}, "r\n</think>\n\\boxed{4}")])[0].reward == 1.0
+        assert len(pool.worker_pids()) >= 1
 
 
 def test_unknown_environment_module_or_option_is_a_clear_error_before_any_work():
@@ -188,8 +181,8 @@ def test_offline_scoring_cli(tmp_path, capsys):
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["score", "--input", str(f), "--env", "math"]) == 0
     out, err = capsys.readouterr()
-    assert out.splitlines() == ["m1\t1\tcorrect", "q1\t0\twrong answer 'A' (expected 'B')",
-                                "m2\t0\tno \\boxed{} answer"]
+    assert sorted(out.splitlines()) == ["m1\t1\tcorrect", "m2\t0\tno \\boxed{} answer",
+                                        "q1\t0\twrong answer 'A' (expected 'B')"]  # in the order scored
     assert "3 rows, mean reward 0.333" in err
     f.write_text(json.dumps({"env": "math", "prompt": "x", "answer": "1"}) + "\n")
     assert main(["score", "--input", str(f)]) == 2

@@ -107,6 +107,7 @@ def _rlvr(runs, exp, steps, *extra):
         flaky.write_text("".join(json.dumps({"env": "flaky", "prompt": f"What is {i} + 1?"}) + "\n" for i in range(8)))
     return [sys.executable, "-m", "stages.rlvr", f"runs_dir={runs}", f"exp={exp}", f"grpo.max_steps={steps}",
             *RL_ARGS, "grpo.env_modules=[tests.flaky_env]", "grpo.score_timeout_s=1",
+            f"grpo.env_options={{flaky: {{counter: {runs / exp}-flaky-calls}}}}",
             f"grpo.train_tasks=[builtin:math_train, {flaky}]", "grpo.env_ratios={math: 0.5, flaky: 0.5}", *extra]
 
 

@@ -7,7 +7,8 @@
 
 `task` is one JSONL row of the environment's data (see grpo.tasks); `response` is the model's
 completion text (after the generation prompt). Environments are plain classes: call them directly
-to debug; the stage's Ray actor (`EnvPool`) only scores batches of them in parallel. A user's own
+to debug; `EnvPool` (the stage's Ray actor) scores batches of them in worker processes under hard
+deadlines (grpo/envs/workers.py), so a verifier stuck on hostile input is killed. A user's own
 environments live in any importable module that registers them; the RL stages import the modules
 listed in `grpo.env_modules`.
 
@@ -17,11 +18,13 @@ or None to end the episode; `score` then also receives the final state.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import os
-import threading
 from dataclasses import dataclass, field
 from typing import Any
+
+from grpo.envs.workers import Call, EnvSpec, WorkerPool
+
+DEFAULT_TIMEOUT_S = 10.0  # per-sample scoring deadline (grpo.score_timeout_s, the scoring CLI's --timeout-s)
 
 
 @dataclass
@@ -83,63 +86,57 @@ def make(name: str, **kwargs) -> Environment:
     return REGISTRY[name](**kwargs)
 
 
-def call_safely(fn, *args, timeout_s: float) -> tuple[Any, str | None]:
-    """(fn(*args), None), or (None, reason) when it raised or ran past `timeout_s`.
-
-    The call runs in a thread of its own: a verifier stuck in pure Python cannot be killed, so it
-    is abandoned (daemon thread) and never blocks the run. Untrusted code never runs here: the
-    code environment runs programs in a process sandbox with its own limits.
-    """
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = fn(*args)
-        except Exception as e:  # noqa: BLE001 - any verifier failure is reported with its reason
-            box["error"] = f"error: {type(e).__name__}: {e}"
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(timeout_s)
-    if t.is_alive():
-        return None, f"timeout after {timeout_s:g}s"
-    return box.get("value"), box.get("error")
-
-
-def score_safely(env: Environment, task: dict, response: str, timeout_s: float = 10.0, *state) -> Score:
-    """Never raises and never hangs the run: errors and timeouts become reward 0 with the reason."""
-    s, error = call_safely(env.score, task, response, *state, timeout_s=env.timeout_s or timeout_s)
-    if error:
-        return Score(0.0, error)
-    return s if isinstance(s, Score) else Score(0.0, f"error: {env.name}.score returned {type(s).__name__}")
-
-
-def score_batch(envs: dict[str, Environment], items: list[tuple], timeout_s: float = 10.0,
-                workers: int = 0) -> list[Score]:
-    """Score (task, response[, state]) items in parallel (`workers` threads; 0: one per core), each
-    with the environment its task names. Results keep the order of `items`."""
-    def one(item) -> Score:
-        env = envs.get(item[0].get("env", ""))
-        if env is None:
-            return Score(0.0, f"error: no environment {item[0].get('env')!r} in this run")
-        return score_safely(env, item[0], item[1], timeout_s, *item[2:])
-
-    with cf.ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        return list(pool.map(one, items))
+def _as_score(value, error: str | None) -> Score:
+    return Score(0.0, error) if error else value
 
 
 class EnvPool:
     """The environments of a run, scoring batches (and stepping multi-turn episodes); the stage
-    runs it as a Ray actor."""
+    runs it as a Ray actor, the scoring CLI in its own process.
 
-    def __init__(self, names: list[str], timeout_s: float = 10.0, options: dict | None = None,
+    Every per-sample call (`score`, `step`) runs in a worker process of `workers` (0: one per
+    core) under a hard deadline (the environment's `timeout_s`, else `timeout_s`): a verifier that
+    raises or runs past it gives reward 0 with the reason, its worker is killed and replaced, and
+    nothing is left running. Group-scoring environments (a judge) run here: their work happens in
+    judge servers whose clients bound every request themselves.
+    """
+
+    def __init__(self, names: list[str], timeout_s: float = DEFAULT_TIMEOUT_S, options: dict | None = None,
                  modules: list[str] = (), workers: int = 0):
         load_modules(modules)
-        self.envs = {n: make(n, **(options or {}).get(n, {})) for n in names}
-        self.timeout_s, self.workers = timeout_s, workers
+        options = options or {}
+        self.envs = {n: make(n, **options.get(n, {})) for n in names}
+        self.timeout_s = timeout_s
+        specs = {n: EnvSpec.of(type(e), options.get(n, {})) for n, e in self.envs.items() if not e.group_scoring}
+        self.pool = WorkerPool(specs, workers or len(os.sched_getaffinity(0))) if specs else None
 
-    def score(self, items: list[tuple]) -> list[Score]:
-        return score_batch(self.envs, items, self.timeout_s, self.workers)
+    def _calls(self, method: str, items: list[tuple]) -> list[Call]:
+        return [Call(t.get("env", ""), method, (t, *rest), self.envs[t["env"]].timeout_s or self.timeout_s)
+                for t, *rest in items]
+
+    def score(self, items: list[tuple], on_result=None) -> list[Score]:
+        """Score (task, response[, state]) items; results keep the order of `items`, and
+        `on_result(i, score)` is called as each one is done."""
+        out: list = [None] * len(items)
+        remote = []
+        for i, item in enumerate(items):
+            env = self.envs.get(item[0].get("env", ""))
+            if env is None:
+                out[i] = Score(0.0, f"error: no environment {item[0].get('env')!r} in this run")
+            elif env.group_scoring:
+                out[i] = self.score_groups([(item[0], [item[1]], *([s] for s in item[2:]))])[0][0]
+            else:
+                remote.append(i)
+                continue
+            if on_result:
+                on_result(i, out[i])
+        if remote:
+            def done(k, value, error):
+                out[remote[k]] = _as_score(value, error)
+                if on_result:
+                    on_result(remote[k], out[remote[k]])
+            self.pool.run(self._calls("score", [items[i] for i in remote]), done)
+        return out
 
     def score_groups(self, groups: list[tuple]) -> list[list[Score]]:
         """(task, responses[, states]) groups -> their Scores; group-scoring environments get all
@@ -155,15 +152,15 @@ class EnvPool:
             else:
                 flat += [(gi, (task, r, *(s[k] for s in states))) for k, r in enumerate(responses)]
         for name, idxs in by_group_env.items():
-            env = self.envs[name]
-            res, error = call_safely(env.score_groups, [groups[i][:2] for i in idxs],
-                                     timeout_s=env.timeout_s or self.timeout_s)
+            try:
+                res, error = self.envs[name].score_groups([groups[i][:2] for i in idxs]), None
+            except Exception as e:  # noqa: BLE001 - a failing judge costs this step's rewards, not the run
+                res, error = None, f"error: {type(e).__name__}: {e}"
             for j, gi in enumerate(idxs):
                 n = len(groups[gi][1])
                 ok = not error and isinstance(res, list) and len(res) == len(idxs) and len(res[j]) == n
                 out[gi] = res[j] if ok else [Score(0.0, error or f"error: {name}.score_groups gave no score")] * n
-        scored = score_batch(self.envs, [item for _, item in flat], self.timeout_s, self.workers)
-        for (gi, _), s in zip(flat, scored):
+        for (gi, _), s in zip(flat, self.score([item for _, item in flat])):
             out[gi].append(s)
         return out
 
@@ -173,11 +170,18 @@ class EnvPool:
     def step(self, items: list[tuple[dict, Any, str]]) -> list[tuple[list[dict] | None, Any, str | None]]:
         """(messages or None, new state, error or None) per (task, state, turn text); an error ends
         that episode."""
-        def one(item):
-            task, state, turn = item
-            env = self.envs[task["env"]]
-            out, error = call_safely(env.step, task, state, turn, timeout_s=env.timeout_s or self.timeout_s)
-            return (None, state, error) if error else (*out, None)
+        results = self.pool.run(self._calls("step", items))
+        return [(None, item[1], error) if error else (*value, None) for item, (value, error) in zip(items, results)]
 
-        with cf.ThreadPoolExecutor(max_workers=self.workers or os.cpu_count() or 1) as pool:
-            return list(pool.map(one, items))
+    def worker_pids(self) -> list[int]:
+        return self.pool.pids() if self.pool else []
+
+    def close(self) -> None:
+        if self.pool:
+            self.pool.close()
+
+    def __enter__(self) -> "EnvPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,11 +1,12 @@
 """Score given responses offline, to test a verifier without training.
 
-    python -m grpo.envs score --env code --input rows.jsonl [--workers 2] [--timeout 10]
+    python -m grpo.envs score --env code --input rows.jsonl [--workers 2] [--timeout-s 10]
     python -m grpo.envs list
 
 Each input row is a task row (the schema of grpo.tasks: "env", "messages" or "prompt", the
 verifier's fields) plus "response": the completion text to score. `--env` sets the environment of
-rows that name none. Prints one line per row (id, reward, reason), then a summary.
+rows that name none. Rows are scored as in the RL stages (worker processes, a hard deadline per
+row); each prints a line (id, reward, reason) as soon as it is scored, then a summary follows.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import json
 import sys
 import time
 
-from grpo.envs import EnvPool, load_modules
+from grpo.envs import DEFAULT_TIMEOUT_S, EnvPool, load_modules
 from grpo.tasks import TaskError, load_tasks
 
 
@@ -24,8 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("score", help="score the responses of a JSONL file")
     s.add_argument("--input", required=True)
     s.add_argument("--env", help="environment of rows that name none")
-    s.add_argument("--workers", type=int, default=0, help="parallel scorers (0: one per core)")
-    s.add_argument("--timeout", type=float, default=10.0, help="seconds per response (envs may set their own)")
+    s.add_argument("--workers", type=int, default=0, help="scoring worker processes (0: one per core)")
+    s.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S,
+                   help="deadline per response in seconds, as grpo.score_timeout_s (envs may set their own)")
     s.add_argument("--modules", default="", help="comma-separated modules that register more environments")
     s.add_argument("--options", default="{}", help='JSON options per environment, e.g. {"code": {"wall_s": 5}}')
     sub.add_parser("list", help="list the registered environments")
@@ -44,12 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: no environment named {unknown}; registered: {load_modules(modules)}", file=sys.stderr)
         return 2
-    pool = EnvPool(names, args.timeout, json.loads(args.options), modules, args.workers)
+    pool = EnvPool(names, args.timeout_s, json.loads(args.options), modules, args.workers)
     t0 = time.perf_counter()
-    scores = pool.score([(r, r["response"]) for r in rows])
+    try:
+        scores = pool.score([(r, r["response"]) for r in rows],
+                            on_result=lambda i, sc: print(f"{rows[i]['id']}\t{sc.reward:g}\t{sc.reason}", flush=True))
+    finally:
+        pool.close()
     wall = time.perf_counter() - t0
-    for r, sc in zip(rows, scores):
-        print(f"{r['id']}\t{sc.reward:g}\t{sc.reason}")
     mean = sum(sc.reward for sc in scores) / max(len(scores), 1)
     print(f"# {len(rows)} rows, mean reward {mean:.3f}, {wall:.2f}s ({len(rows) / max(wall, 1e-9):.1f} rows/s)",
           file=sys.stderr)

@@ -117,24 +117,29 @@ def _kill(proc) -> None:
         pass
 
 
-def run(program: str, stdin: str = "", limits: SandboxLimits | None = None, *, isolate: bool = True) -> RunResult:
-    """Run `program` (Python source) with `stdin`; never raises for anything the program does."""
+def run(program: str, stdin: str = "", limits: SandboxLimits | None = None, *, isolate: bool = True,
+        files: dict[str, str] | None = None) -> RunResult:
+    """Run `program` (Python source, the entry point main.py) with `stdin`, beside `files` (name ->
+    text, in the program's directory); never raises for anything the program does."""
     if isolate and not namespaces_available():
         raise SandboxUnavailable("this machine cannot create namespaces (need root or unprivileged user "
                                  "namespaces); refusing to run untrusted code without isolation")
-    return _run(program, stdin, limits or SandboxLimits(), isolate)
+    return _run(program, stdin, limits or SandboxLimits(), isolate, files or {})
 
 
-def _run(program: str, stdin: str, limits: SandboxLimits, isolate: bool) -> RunResult:
+def _run(program: str, stdin: str, limits: SandboxLimits, isolate: bool, files: dict[str, str]) -> RunResult:
     with tempfile.TemporaryDirectory(prefix="sandbox-") as host:  # config (and, unisolated, the program)
         os.chmod(host, 0o700)
+        files = {**files, "main.py": program}
         cfg = {"isolate": isolate, "root": f"{host}/root", "workdir": f"{host}/work", "entry": "main.py",
-               "files": {"main.py": program}, "python": PYTHON, "python_prefix": sys.base_prefix,
-               "uid": _sandbox_uid() if isolate else None, "limits": asdict(limits), "tmpfs_mb": limits.tmpfs_mb}
+               "files": files, "python": PYTHON, "python_prefix": sys.base_prefix,
+               "uid": _sandbox_uid() if isolate else None, "limits": asdict(limits), "tmpfs_mb": limits.tmpfs_mb,
+               "caller_pid": os.getpid()}
         os.mkdir(cfg["root"])
         if not isolate:  # the program runs from a host directory, as the caller
             os.mkdir(cfg["workdir"])
-            Path(cfg["workdir"], "main.py").write_text(program)
+            for name, text in files.items():
+                Path(cfg["workdir"], name).write_text(text)
         Path(host, "config.json").write_text(json.dumps(cfg))
         t0 = time.perf_counter()
         proc = subprocess.Popen([PYTHON, "-I", "-S", "-B", LAUNCHER, f"{host}/config.json"], cwd=host,
@@ -178,4 +183,4 @@ def _feed(pipe, data: bytes) -> None:
 @functools.cache
 def namespaces_available() -> bool:
     """Whether an isolated sandbox can be made here (tried once per process)."""
-    return sys.platform == "linux" and _run("print('ok')", "", SandboxLimits(wall_s=20), True).stdout == "ok\n"
+    return sys.platform == "linux" and _run("print('ok')", "", SandboxLimits(wall_s=20), True, {}).stdout == "ok\n"

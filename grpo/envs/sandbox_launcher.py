@@ -10,7 +10,8 @@ With namespaces (the default where the kernel allows them):
      bound read-only, /dev/{null,zero,random,urandom}, a writable /sandbox (the program) and /tmp;
      pivot_root into it and detach the old root, so no host path (project, home) exists any more;
   4. resource limits, a dedicated unprivileged uid when started as root, no_new_privs, then exec.
-The network namespace has no interfaces up: no network at all.
+The network namespace has no interfaces up: no network at all. The launcher dies with its caller
+(PDEATHSIG), and with it the whole run.
 """
 import ctypes
 import json
@@ -112,6 +113,11 @@ def _limit_and_exec(cfg: dict, workdir: str) -> None:
 def main() -> None:
     with open(sys.argv[1]) as f:
         cfg = json.load(f)
+    # A caller killed mid-run (a scorer past its deadline) takes its runs along: the program
+    # inherits this across exec, and PID 1 of the namespace follows us.
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != cfg["caller_pid"]:  # the caller died before the line above
+        os._exit(SETUP_FAILED)
     try:
         if not cfg["isolate"]:  # resource limits only (see sandbox.py): the program runs in a host dir
             _limit_and_exec(cfg, cfg["workdir"])
