@@ -74,6 +74,25 @@ class GenRMEnv(Environment):
         return scores
 
 
+def preferred_side(verdict: Judgement | None) -> float:
+    """1.0: the verdict prefers response 1; 0.0: response 2; 0.5: neither (a tie, or no verdict).
+    Its mean over a balanced set is the judge's position bias (0.5: none)."""
+    if verdict is None or verdict.ranking == 3.5:
+        return 0.5
+    return float(verdict.ranking < 3.5)
+
+
+def position_consistency(tasks: list[dict], scores: list[Score]) -> dict:
+    """Share of preference pairs, judged in both orders (task ids `X` and `X-swapped`, as
+    genrm.data.judge_tasks makes them), whose two verdicts prefer the same response."""
+    side = {t["id"]: s.info.get("first_preferred", 0.5) for t, s in zip(tasks, scores) if t["env"] == "pairwise_judge"}
+    pairs = [(side[i], side[i + "-swapped"]) for i in side if i + "-swapped" in side]
+    if not pairs:
+        return {}
+    consistent = sum(a != 0.5 and a + b == 1.0 for a, b in pairs)
+    return {"pairwise_judge/position_consistent": consistent / len(pairs)}
+
+
 @register
 class PairwiseJudgeEnv(Environment):
     """Reward of a judge's verdict: R = -C1*I_format - |P_s1-G_s1| - |P_s2-G_s2| - C2*|P_rank-G_rank|
@@ -91,6 +110,7 @@ class PairwiseJudgeEnv(Environment):
         p = pred or DEFAULT  # unparseable: measured as the defaults it is replaced by
         info = {"format_ok": float(pred is not None),
                 "preferred_right": float(pred is not None and (p.ranking - 3.5) * (gold.ranking - 3.5) > 0),
+                "first_preferred": preferred_side(pred),
                 "score_error": (abs(p.score_1 - gold.score_1) + abs(p.score_2 - gold.score_2)) / 2,
                 "ranking_error": abs(p.ranking - gold.ranking)}
         if pred is None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from common.models import ModelConfig
 from genrm.data import PreferenceError, judge_tasks, load_preferences
+from genrm.envs import position_consistency
 from sft.trainer import SFTConfig
 from stages import checkpoint as ckpt
 from stages import sft as sft_stage
@@ -87,7 +88,8 @@ def run(cfg: GenRMStageConfig) -> dict:
     if cfg.genrm.warm_start.enabled:
         start, record = warm_start(cfg, str(parent_dir / "model"))
         extra = {"warm_start": record}
-    return run_grpo_stage(cfg, stage="genrm", parent_stage="sft", start_model=start, lineage_extra=extra)
+    return run_grpo_stage(cfg, stage="genrm", parent_stage="sft", start_model=start, lineage_extra=extra,
+                          val_metrics=position_consistency)
 
 
 def main(argv: list[str] | None = None) -> int:

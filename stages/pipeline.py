@@ -73,9 +73,10 @@ def summary(exp_dir: Path) -> dict:
 
 def table(s: dict) -> str:
     cols = ["stage", "math/accuracy", "genrm/accuracy", "response_length", "val/pairwise_judge/preferred_right",
-            "val/pairwise_judge/format_ok", "wall_s", "run_id"]
+            "val/pairwise_judge/position_consistent", "val/pairwise_judge/format_ok", "wall_s", "run_id"]
     names = {"math/accuracy": "held-out math acc", "genrm/accuracy": "judge score (1-5)",
              "response_length": "mean resp. tokens", "val/pairwise_judge/preferred_right": "judge picks right side",
+             "val/pairwise_judge/position_consistent": "judge position consistency",
              "val/pairwise_judge/format_ok": "judge format ok", "wall_s": "wall time (s)",
              "val/pairwise_judge/accuracy": "judge training reward"}
     extra = sorted({k for r in s["stages"] for k in r if k.endswith("/accuracy") and k not in cols})

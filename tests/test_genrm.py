@@ -6,7 +6,7 @@ import pytest
 from genrm.aggregate import (RewardConfig, comparison_pairs, concise_bonus, group_rewards, length_weights,
                              pair_scores)
 from genrm.data import PreferenceError, generated_preferences, judge_sft_rows, judge_tasks, load_preferences
-from genrm.envs import GenRMEnv, PairwiseJudgeEnv
+from genrm.envs import GenRMEnv, PairwiseJudgeEnv, position_consistency
 from genrm.judge import (DEFAULT, Judgement, candidate_answer, format_judgement, judge_messages,
                          judge_training_reward, parse_judgement)
 from genrm.serving import judge_all
@@ -158,8 +158,22 @@ def test_judge_training_reward_by_hand():
     s = env.score(task, "thinking</think>" + format_judgement(Judgement(4, 1, 2)))
     assert s.reward == -2.0 and s.info["format_ok"] == 1.0 and s.info["preferred_right"] == 1.0
     bad = env.score(task, "no verdict")
-    assert bad.reward == -16.5 and bad.info == {"format_ok": 0.0, "preferred_right": 0.0, "score_error": 2.0,
-                                                "ranking_error": 2.5}
+    assert bad.reward == -16.5 and bad.info == {"format_ok": 0.0, "preferred_right": 0.0, "first_preferred": 0.5,
+                                                "score_error": 2.0, "ranking_error": 2.5}
+
+
+def test_position_consistency_pairs_each_verdict_with_its_swapped_twin():
+    env = PairwiseJudgeEnv()
+    tasks = [{"id": i, "env": "pairwise_judge", "score_1": 5, "score_2": 1, "ranking": 1}
+             for i in ("a", "a-swapped", "b", "b-swapped", "c", "c-swapped", "d", "d-swapped", "lone")]
+    verdicts = ['{"score_1": 5, "score_2": 1, "ranking": 1}', '{"score_1": 1, "score_2": 5, "ranking": 6}',  # a: flips
+                '{"score_1": 5, "score_2": 1, "ranking": 2}', '{"score_1": 5, "score_2": 1, "ranking": 2}',  # b: position
+                '{"score_1": 4, "score_2": 4, "ranking": 3.5}', '{"score_1": 4, "score_2": 4, "ranking": 3.5}',  # c: tie
+                "no verdict", '{"score_1": 1, "score_2": 5, "ranking": 6}', '{"score_1": 5, "score_2": 1, "ranking": 1}']
+    scores = [env.score(t, "r</think>" + v) for t, v in zip(tasks, verdicts)]
+    assert [s.info["first_preferred"] for s in scores] == [1.0, 0.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.0, 1.0]
+    assert position_consistency(tasks, scores) == {"pairwise_judge/position_consistent": 0.25}
+    assert position_consistency(tasks[-1:], scores[-1:]) == {}  # no pair judged in both orders
 
 
 def test_preference_rows_become_two_tasks_and_bad_rows_name_line_and_field(tmp_path):
@@ -225,11 +239,12 @@ def test_env_pool_mixes_group_and_sample_scoring_and_contains_a_failing_judge():
 
     task = {"env": "genrm", "messages": [{"role": "user", "content": "2 + 2?"}]}
     math = {"env": "math", "answer": "4", "messages": [{"role": "user", "content": "2 + 2?"}]}
-    pool = EnvPool(["genrm", "math"], options={"genrm": {"judge": RuleJudge(), "reward": OFF}}, modules=["genrm.envs"])
-    out = pool.score_groups([(task, ["r</think>4", "r</think>5"]), (math, ["r</think>\\boxed{4}", "r</think>5"])])
+    with EnvPool(["genrm", "math"], options={"genrm": {"judge": RuleJudge(), "reward": OFF}},
+                 modules=["genrm.envs"]) as pool:
+        out = pool.score_groups([(task, ["r</think>4", "r</think>5"]), (math, ["r</think>\\boxed{4}", "r</think>5"])])
     assert [[s.reward for s in g] for g in out] == [[5.0, 1.0], [1.0, 0.0]]
-    broken = EnvPool(["genrm", "math"], modules=["genrm.envs"])  # no judge: the group call raises
-    out = broken.score_groups([(task, ["a", "b"]), (math, ["r</think>\\boxed{4}"])])
+    with EnvPool(["genrm", "math"], modules=["genrm.envs"]) as broken:  # no judge: the group call raises
+        out = broken.score_groups([(task, ["a", "b"]), (math, ["r</think>\\boxed{4}"])])
     assert [s.reward for s in out[0]] == [0.0, 0.0] and "no judge" in out[0][0].reason
     assert out[1][0].reward == 1.0
 

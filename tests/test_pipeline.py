@@ -45,7 +45,10 @@ def test_pipeline_on_the_embedded_default(tmp_path):
     assert by_stage["rlvr"]["math/accuracy"] > by_stage["sft"]["math/accuracy"] + 0.3  # measured by make eval
     assert 1.0 <= by_stage["rlhf"]["genrm/accuracy"] <= 7.5 and by_stage["rlhf"]["judge"].startswith("genrm:")
     assert all(r["wall_s"] > 0 and r["response_length"] > 0 for s, r in by_stage.items() if s != "genrm")
-    assert "held-out math acc" in (exp / "summary.md").read_text() and "Lineage: sft(" in res.stdout
+    assert 0.0 <= by_stage["genrm"]["val/pairwise_judge/position_consistent"] <= 1.0  # the judge's own numbers
+    assert 0.0 <= by_stage["genrm"]["val/pairwise_judge/preferred_right"] <= 1.0
+    table = (exp / "summary.md").read_text()
+    assert "held-out math acc" in table and "judge position consistency" in table and "Lineage: sft(" in res.stdout
 
     index = report.report(exp)  # make report: every plot has data
     assert index.is_file()

@@ -139,6 +139,7 @@ def test_sft_genrm_rlvr_rlhf_chain(tmp_path):
     assert genrm["warm_start"]["steps"] == 4 and (exp / "genrm" / "warm_start" / "model").is_dir()
     g_rows = read_metrics(exp / "genrm" / "metrics.jsonl")
     assert "pairwise_judge/format_ok" in g_rows[1] and "val/pairwise_judge/preferred_right" in g_rows[0]
+    assert 0.0 <= g_rows[0]["val/pairwise_judge/position_consistent"] <= 1.0  # both orders of 2 held-out pairs
     assert len(genrm["data"]) == 2 and genrm["data"][0]["source"].endswith("preferences_train.judge_tasks.jsonl")
 
     rlhf = lineage.read(exp / "rlhf")
