@@ -6,7 +6,7 @@ The candidate program must not be able to pass a test it does not solve, so it n
     forks before it reads anything secret  ->   stdin -> /dev/null, stdout -> stderr, capabilities
     non-dumpable: the child cannot ptrace it    dropped, then runs solution.py (as module `solution`)
     reads the tests and a nonce from stdin      reports its top-level names
-    runs each test in its own namespace, <->    answers calls: plain arguments in, a plain value out
+    runs the tests (one namespace), each <->    answers calls: plain arguments in, a plain value out
     calls into the candidate by proxy
     prints "<nonce> {json}" per test on stdout
 
