@@ -73,25 +73,59 @@ def judge_tasks(pairs: list[dict], thinking: bool = False) -> list[dict]:
 
 
 # ------------------------------------------------------------------------- generated default
+# How a response to a generated math question can look: the three answer styles the policy's data
+# uses (concise first), or no answer at all. Right and not padded: 5; right but padded: 3; wrong: 1.
+STYLES = {"boxed": "\\boxed{{{}}}", "words": "The answer is {}.",
+          "padded": "Well, let me see. I think that the answer to this question is {}, I believe."}
+
+
+def _near(rng: random.Random, x: int) -> int:
+    """A near miss: the wrong answers a small model actually gives."""
+    return x + rng.choice([-2, -1, 1, 2])
+
+
+def _response(rng: random.Random, ans: str, right: bool, style: str) -> tuple[str, str, int]:
+    """(text, the judge's note on it, score)."""
+    if style == "none":
+        return "None", "no answer, wrong", 1
+    value = ans if right else str(_near(rng, int(ans)))
+    note = f"{style} {value} vs {ans}, {'right' if right else 'wrong'}"
+    return STYLES[style].format(value), note, (1 if not right else 3 if style == "padded" else 5)
+
+
+def _ranking(s1: int, s2: int, text_1: str, text_2: str) -> int:
+    """1..6 from the two scores; equal scores: the shorter response is slightly better (3 or 4)."""
+    d = s1 - s2
+    if d:
+        return (1 if d >= 3 else 2) if d > 0 else (6 if d <= -3 else 5)
+    return 3 if len(text_1) < len(text_2) else 4
+
+
 def _pair(rng: random.Random) -> tuple[dict, str]:
-    """A math question answered twice: right vs wrong (5 vs 1), or right and concise vs right
-    and padded (5 vs 3); with the reasoning a judge would write."""
-    q, _, ans = math_problem(rng)
-    say = rng.choice(["The answer is {}.", "\\boxed{{{}}}"]).format  # both answer formats the policy uses
-    right = say(ans)
-    if rng.random() < 0.6:
-        wrong = str(int(ans) + rng.choice([-2, -1, 1, 2]))
-        other, s_other, why = say(wrong), 1, f"{wrong}, wrong"
+    """A math question answered twice, and the reasoning a judge should write for it: the question
+    worked out the way the policy does it, then each response compared with that result.
+
+    Kinds: right vs wrong, right vs right-but-padded, two right answers in different styles (the
+    shorter slightly better), two wrong ones, and no answer at all. Both orders are equally likely.
+    """
+    q, work, ans = math_problem(rng)
+    kind = rng.random()
+    if kind < 0.45:
+        a, b = (True, rng.choice(["boxed", "words"])), (False, rng.choice(["boxed", "words", "padded"]))
+    elif kind < 0.65:
+        a, b = (True, rng.choice(["boxed", "words"])), (True, "padded")
+    elif kind < 0.85:
+        a, b = (True, "boxed"), (True, "words")
+    elif kind < 0.95:
+        a, b = (False, "boxed"), (False, "words")
     else:
-        other = f"Well, let me see. I think that the answer to this question is {ans}, I believe."
-        s_other, why = 3, f"{ans} but padded"
-    pair = {"conversation": [{"role": "user", "content": q}], "response_1": right, "response_2": other,
-            "score_1": 5, "score_2": s_other, "ranking": 1 if s_other == 1 else 2}
-    reasoning = f"The answer is {ans}. Response 1: {ans}, right. Response 2: {why}."
+        a, b = (True, rng.choice(["boxed", "words", "padded"])), (False, "none")
     if rng.random() < 0.5:  # response order varies, so position means nothing
-        pair.update(response_1=other, response_2=right, score_1=s_other, score_2=5, ranking=7 - pair["ranking"])
-        reasoning = f"The answer is {ans}. Response 1: {why}. Response 2: {ans}, right."
-    return pair, reasoning
+        a, b = b, a
+    (t1, n1, s1), (t2, n2, s2) = _response(rng, ans, *a), _response(rng, ans, *b)
+    pair = {"conversation": [{"role": "user", "content": q}], "response_1": t1, "response_2": t2,
+            "score_1": s1, "score_2": s2, "ranking": _ranking(s1, s2, t1, t2)}
+    return pair, f"{work}. Response 1: {n1}. Response 2: {n2}."
 
 
 def generated_preferences(n: int, seed: int) -> list[dict]:
@@ -99,10 +133,40 @@ def generated_preferences(n: int, seed: int) -> list[dict]:
     return [{"id": f"pref-{seed}-{i}", **_pair(rng)[0]} for i in range(n)]
 
 
-def judge_sft_rows(n: int, seed: int) -> list[dict]:
-    """Judge-format SFT examples (warm start): the judge prompt, then reasoning and the JSON verdict."""
+def _compare_drill(rng: random.Random) -> dict:
+    """One row of number comparisons in the judge's words ("13 vs 13, right. 15 vs 13, wrong."):
+    dense practice of the equality test at the heart of every verdict."""
+    items = []
+    for _ in range(rng.randint(8, 16)):
+        ans = rng.randint(-8, 18)
+        got = ans if rng.random() < 0.5 else _near(rng, ans)
+        items.append(f"{got} vs {ans}, {'right' if got == ans else 'wrong'}")
+    return {"messages": [{"role": "user", "content": "Check each answer against the result."},
+                         {"role": "assistant", "reasoning_content": ". ".join(items) + ".", "content": "Done."}]}
+
+
+def _lookup_drill(rng: random.Random) -> dict:
+    """Several short responses under numbered headers, each restated in order as the judge notes
+    them ("Response 2: boxed 13"): dense practice of finding what a given response says."""
+    k = rng.randint(2, 5)
+    shown, notes = [], []
+    for i in range(1, k + 1):
+        style, value = rng.choice(["boxed", "words", "padded"]), rng.randint(-8, 18)
+        shown.append(f"### Response {i}\n{STYLES[style].format(value)}")
+        notes.append(f"Response {i}: {style} {value}")
+    return {"messages": [{"role": "user", "content": "List what each response answers.\n\n" + "\n\n".join(shown)},
+                         {"role": "assistant", "reasoning_content": ". ".join(notes) + ".", "content": "Done."}]}
+
+
+def judge_sft_rows(n: int, seed: int, drill_share: float = 0.0) -> list[dict]:
+    """Judge-format SFT examples (warm start): the judge prompt, then reasoning and the JSON verdict;
+    `drill_share` of the rows are comparison and lookup drills instead (half each)."""
     rng, rows = random.Random(seed), []
     for _ in range(n):
+        u = rng.random()
+        if u < drill_share:
+            rows.append((_compare_drill if u < drill_share / 2 else _lookup_drill)(rng))
+            continue
         p, reasoning = _pair(rng)
         gold = Judgement(p["score_1"], p["score_2"], p["ranking"])
         answers = candidate_answer(p["response_1"], False), candidate_answer(p["response_2"], False)
@@ -127,7 +191,7 @@ def rlhf_tasks(n: int, seed: int) -> list[dict]:
 BUILTIN = {  # builtin:<name> datasets (stages.run.builtin_data)
     "preferences_train": lambda seed: generated_preferences(1000, seed + 11),
     "preferences_heldout": lambda seed: generated_preferences(64, seed + 12),
-    "judge_sft": lambda seed: judge_sft_rows(2000, seed + 13),
+    "judge_sft": lambda seed: judge_sft_rows(4000, seed + 13, drill_share=0.5),
     "rlhf_train": lambda seed: rlhf_tasks(500, seed + 14),
     "rlhf_heldout": lambda seed: rlhf_tasks(64, seed + 15),
 }

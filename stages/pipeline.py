@@ -64,6 +64,9 @@ def summary(exp_dir: Path) -> dict:
         if stage == "genrm":
             m = rec.get("metrics") or {}
             row.update({k: v for k, v in m.items() if k.startswith("val/pairwise_judge/") and "@" not in k})
+            warm = wall_s(lineage.read(exp_dir / stage / "warm_start")) if rec.get("warm_start") else None
+            if warm and row["wall_s"] is not None:  # the judge's warm start is part of the stage's time
+                row["wall_s"] += warm
         if rec.get("judge"):
             row["judge"] = f"{rec['judge'].get('stage') or rec['judge'].get('backend')}:{rec['judge'].get('run_id')}"
         rows.append(row)

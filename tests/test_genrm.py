@@ -1,5 +1,6 @@
 """GenRM core: judge input/output, group aggregation, training reward, data (pure; no model)."""
 import json
+import re
 
 import pytest
 
@@ -256,3 +257,52 @@ def test_position_bias_is_the_score_gap_between_the_two_positions():
     scores = env.score_groups([({"messages": [{"role": "user", "content": "q"}]}, ["a", "b", "c"])])[0]
     assert [s.info["position_bias"] for s in scores] == [2.0, 2.0, 2.0]
     assert [s.reward for s in scores] == [4.0, 4.0, 4.0] and scores[0].info["ranking_2"] == 1.0
+
+
+def test_generated_pairs_gold_follows_the_rubric_and_the_judges_notes():
+    """The default preference data: every kind of pair, gold verdicts that follow the rubric (right 5,
+    right but padded 3, wrong or no answer 1; equal scores: the shorter slightly better), no ranking
+    value dominating, and warm-start reasoning whose notes agree with the gold of the same pair."""
+    import random
+    from genrm.data import _pair
+    rng, kinds, rankings = random.Random(0), set(), []
+    for _ in range(2000):
+        p, reasoning = _pair(rng)
+        q = p["conversation"][0]["content"]
+        work, notes = reasoning.split(". Response 1: ")
+        n1, n2 = notes.rstrip(".").split(". Response 2: ")
+        ans = work.rsplit("= ", 1)[1]
+        for text, note, score in ((p["response_1"], n1, p["score_1"]), (p["response_2"], n2, p["score_2"])):
+            right = note.endswith("right")
+            assert right == (re.findall(r"-?\d+", text) == [ans])
+            assert score == (1 if not right else 3 if note.startswith("padded") else 5)
+            kinds.add(note.split(" ")[0] + ("+" if right else "-"))
+        d = p["score_1"] - p["score_2"]
+        expect = ({4: 1, 2: 2, -2: 5, -4: 6}[d] if d else 3 if len(p["response_1"]) < len(p["response_2"]) else 4)
+        assert p["ranking"] == expect, (q, p)
+        rankings.append(p["ranking"])
+    assert kinds == {"boxed+", "boxed-", "words+", "words-", "padded+", "padded-", "no-"}
+    assert max(rankings.count(r) for r in range(1, 7)) < 0.3 * len(rankings)
+
+
+def test_judge_warm_start_rows_mix_verdicts_and_drills():
+    rows = judge_sft_rows(400, 0, drill_share=0.5)
+    verdicts = [r for r in rows if r["messages"][0]["content"].startswith("You are judging")]
+    drills = [r for r in rows if r not in verdicts]
+    assert 150 < len(verdicts) < 250 and all(r["messages"][1]["content"] == "Done." for r in drills)
+    for r in verdicts:
+        assert parse_judgement("</think>" + r["messages"][1]["content"], thinking=False) is not None
+    compare = [r["messages"][1]["reasoning_content"] for r in drills if "vs" in r["messages"][1]["reasoning_content"]]
+    for line in compare:  # "13 vs 13, right. 15 vs 13, wrong."
+        for item in line.rstrip(".").split(". "):
+            got, rest = item.split(" vs ")
+            ref, verdict = rest.split(", ")
+            assert (verdict == "right") == (got == ref)
+    lookup = [r for r in drills if "vs" not in r["messages"][1]["reasoning_content"]]
+    assert compare and lookup
+    for r in lookup:  # every numbered response restated, in order
+        shown = r["messages"][0]["content"].split("### Response ")[1:]
+        notes = r["messages"][1]["reasoning_content"].rstrip(".").split(". ")
+        assert len(shown) == len(notes)
+        for i, (s, n) in enumerate(zip(shown, notes), 1):
+            assert n.startswith(f"Response {i}: ") and n.rsplit(" ", 1)[1] in s

@@ -113,6 +113,18 @@ def test_genrm_environment_over_the_endpoint(stub_server):
 # ------------------------------------------------------------------------ the stages
 
 
+def test_default_rlhf_keeps_the_math_verifier_in_every_batch():
+    """The judge rates "The answer is 7." as highly as "\\boxed{7}"; the math verifier (and the held-out
+    eval) credit only the boxed form, so the default RLHF batch keeps half of it on math."""
+    from stages.config import load_config
+    from stages.rlhf import RLHFStageConfig
+
+    g = load_config(RLHFStageConfig, REPO / "configs" / "rlhf.yaml").grpo
+    assert g.env_ratios == {"genrm": 0.5, "math": 0.5}
+    assert "builtin:math_train" in g.train_tasks and "builtin:rlhf_train" in g.train_tasks
+    assert "builtin:math_heldout" in g.val_tasks and "builtin:rlhf_heldout" in g.val_tasks
+
+
 def _stage(module, runs, *args):
     res = subprocess.run([sys.executable, "-m", f"stages.{module}", f"runs_dir={runs}", "exp=chain", *args],
                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
@@ -158,3 +170,4 @@ def test_sft_genrm_rlvr_rlhf_chain(tmp_path):
     assert 0.0 <= rows[1]["genrm/parse_failure"] <= 1.0
     assert "val/genrm/score" in rows[0] and "val/genrm/score" in rows[2]
     assert 1.0 <= rows[2]["val/genrm/score"] <= 5.0 + 2.5  # judged against the reference (tie-break included)
+    assert "reward/math/mean" in rows[1] and "val/math/accuracy" in rows[2]  # the default mixes math in
