@@ -111,7 +111,7 @@ def _pair(rng: random.Random) -> tuple[dict, str]:
     q, work, ans = math_problem(rng)
     kind = rng.random()
     if kind < 0.45:
-        a, b = (True, rng.choice(["boxed", "words"])), (False, rng.choice(["boxed", "words", "padded"]))
+        a, b = (True, rng.choice(["boxed", "words"])), (False, rng.choice(list(STYLES)))
     elif kind < 0.65:
         a, b = (True, rng.choice(["boxed", "words"])), (True, "padded")
     elif kind < 0.85:
@@ -119,7 +119,7 @@ def _pair(rng: random.Random) -> tuple[dict, str]:
     elif kind < 0.95:
         a, b = (False, "boxed"), (False, "words")
     else:
-        a, b = (True, rng.choice(["boxed", "words", "padded"])), (False, "none")
+        a, b = (True, rng.choice(list(STYLES))), (False, "none")
     if rng.random() < 0.5:  # response order varies, so position means nothing
         a, b = b, a
     (t1, n1, s1), (t2, n2, s2) = _response(rng, ans, *a), _response(rng, ans, *b)
@@ -133,6 +133,12 @@ def generated_preferences(n: int, seed: int) -> list[dict]:
     return [{"id": f"pref-{seed}-{i}", **_pair(rng)[0]} for i in range(n)]
 
 
+def _drill_row(prompt: str, notes: list[str]) -> dict:
+    """A drill: the notes are the reasoning (where the judge's own notes go), the answer a fixed word."""
+    return {"messages": [{"role": "user", "content": prompt},
+                         {"role": "assistant", "reasoning_content": ". ".join(notes) + ".", "content": "Done."}]}
+
+
 def _compare_drill(rng: random.Random) -> dict:
     """One row of number comparisons in the judge's words ("13 vs 13, right. 15 vs 13, wrong."):
     dense practice of the equality test at the heart of every verdict."""
@@ -141,8 +147,7 @@ def _compare_drill(rng: random.Random) -> dict:
         ans = rng.randint(-8, 18)
         got = ans if rng.random() < 0.5 else _near(rng, ans)
         items.append(f"{got} vs {ans}, {'right' if got == ans else 'wrong'}")
-    return {"messages": [{"role": "user", "content": "Check each answer against the result."},
-                         {"role": "assistant", "reasoning_content": ". ".join(items) + ".", "content": "Done."}]}
+    return _drill_row("Check each answer against the result.", items)
 
 
 def _lookup_drill(rng: random.Random) -> dict:
@@ -151,11 +156,10 @@ def _lookup_drill(rng: random.Random) -> dict:
     k = rng.randint(2, 5)
     shown, notes = [], []
     for i in range(1, k + 1):
-        style, value = rng.choice(["boxed", "words", "padded"]), rng.randint(-8, 18)
+        style, value = rng.choice(list(STYLES)), rng.randint(-8, 18)
         shown.append(f"### Response {i}\n{STYLES[style].format(value)}")
         notes.append(f"Response {i}: {style} {value}")
-    return {"messages": [{"role": "user", "content": "List what each response answers.\n\n" + "\n\n".join(shown)},
-                         {"role": "assistant", "reasoning_content": ". ".join(notes) + ".", "content": "Done."}]}
+    return _drill_row("List what each response answers.\n\n" + "\n\n".join(shown), notes)
 
 
 def judge_sft_rows(n: int, seed: int, drill_share: float = 0.0) -> list[dict]:
