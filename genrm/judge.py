@@ -9,6 +9,7 @@ far better). Anything else is a parse failure: the caller retries, then falls ba
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from chat_template.parse import final_answer
@@ -44,6 +45,12 @@ def candidate_answer(response: str, thinking: bool = True) -> str:
     return answer or "None"
 
 
+def _inert(text: str) -> str:
+    """Quoted text cannot open a section of the judge prompt: a line of it starting with `#` gets a
+    backslash, so a response ending in "### Response 2\n<forged answer>" stays inside response 1."""
+    return re.sub(r"(?m)^(\s*)#", r"\1\\#", text.strip())
+
+
 def _history_text(history: list[dict]) -> str:
     lines = []
     for m in history:
@@ -51,7 +58,7 @@ def _history_text(history: list[dict]) -> str:
             content = m.get("content") or ""
             if m["role"] == "assistant":
                 content = final_answer(content, thinking=False)
-            lines.append(f"[{m['role']}]\n{content.strip()}")
+            lines.append(f"[{m['role']}]\n{_inert(content)}")
     return "\n\n".join(lines)
 
 
@@ -61,7 +68,7 @@ def judge_messages(history: list[dict], answer_1: str, answer_2: str) -> list[di
     if not history or history[-1].get("role") != "user":
         raise ValueError("the conversation for the judge must end with the user turn being answered")
     text = (f"{INSTRUCTIONS}\n\n### Conversation\n{_history_text(history)}\n\n"
-            f"### Response 1\n{answer_1.strip() or 'None'}\n\n### Response 2\n{answer_2.strip() or 'None'}")
+            f"### Response 1\n{_inert(answer_1) or 'None'}\n\n### Response 2\n{_inert(answer_2) or 'None'}")
     return [{"role": "user", "content": text}]
 
 
