@@ -94,7 +94,7 @@ def run_ours(args) -> dict:
     s = cfg.sft
     mode = isolation_mode(s.attention_isolation, model)
     attention = choose_attention(model, mode, device)
-    stream = PackStream(seqs, s, args.seed)
+    stream = PackStream(seqs, s, args.seed, mode)
     optimizer = adamw(model, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
     model.train()

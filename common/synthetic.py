@@ -1,7 +1,7 @@
 """Generated default data for the embedded tiny model (no dataset hub at run time).
 
-Single-digit addition/subtraction and word problems with `<think>` reasoning, answered either in
-`\\boxed{}` or in words; reasoning-off chat; and tool-call conversations. Easy enough that a
+Single-digit addition/subtraction and word problems with `<think>` reasoning, answered in one of
+the ANSWER_STYLES; reasoning-off chat; and tool-call conversations. Easy enough that a
 ~3M-parameter model learns them in two minutes on a CPU (multiplication tables took it far longer),
 and verifiable, so later stages (RLVR, eval) score the same kind of task.
 """
@@ -21,7 +21,15 @@ WEATHER_TOOL = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City name"}},
                    "required": ["city"]}}}
 CITIES = ["Paris", "Rome", "Oslo", "Lima", "Cairo", "Tokyo", "Quito", "Delhi"]
-BOXED_SHARE = 0.3  # of SFT math answers; the rest say "The answer is N."
+# How a math answer can look, in the SFT data and in the judge's preference data (genrm.data):
+# concise and boxed, in words (no box: the math verifier gives it 0), or boxed inside hedging filler
+# (the verifier gives it 1; the judge rates it lower, and RLHF's length control shortens it).
+ANSWER_STYLES = {"boxed": "\\boxed{{{}}}", "words": "The answer is {}.",
+                 "padded": "Well, let me see. I think that the answer to this question is \\boxed{{{}}}, I believe."}
+# Shares of the SFT math answers. Words lead, so the SFT model answers in words when greedy (at 0.4 /
+# 0.4 it picked words or padded by chance, run to run); RLVR removes the unboxed answers and the
+# larger boxed share, padded, wins: the verbosity that RLHF is there to remove.
+ANSWER_SHARES = {"boxed": 0.2, "words": 0.45, "padded": 0.35}
 
 
 def arithmetic(rng: random.Random, max_operand: int = 9) -> tuple[str, str, str]:
@@ -49,10 +57,11 @@ def math_problem(rng: random.Random) -> tuple[str, str, str]:
 
 
 def _math_row(rng: random.Random) -> dict:
-    """A third of the answers boxed, the rest in words, as chat data mixes both. The math environment
-    credits only `\\boxed{}` answers, so adopting that format is the first thing RLVR teaches."""
+    """Answers in the ANSWER_STYLES mix, as chat data mixes them. The math environment credits only
+    `\\boxed{}` answers, so dropping the words style is the first thing RLVR teaches."""
     q, reasoning, ans = math_problem(rng)
-    content = f"\\boxed{{{ans}}}" if rng.random() < BOXED_SHARE else f"The answer is {ans}."
+    style = rng.choices(list(ANSWER_SHARES), weights=list(ANSWER_SHARES.values()))[0]
+    content = ANSWER_STYLES[style].format(ans)
     return {"messages": [{"role": "user", "content": q},
                          {"role": "assistant", "reasoning_content": reasoning, "content": content}]}
 

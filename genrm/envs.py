@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from chat_template.parse import parse_response
 from genrm.aggregate import RewardConfig, comparison_pairs, group_rewards
-from genrm.judge import DEFAULT, Judgement, judge_messages, judge_training_reward, parse_judgement
+from genrm.judge import DEFAULT, DEFAULT_RANKING, Judgement, judge_messages, judge_training_reward, parse_judgement
 from genrm.serving import judge_all
 from grpo.envs import Environment, Score, register
 
@@ -68,28 +68,38 @@ class GenRMEnv(Environment):
                     "parse_failure": sum(not v.parsed for _, v in mine) / max(len(mine), 1)}
             if first and second:  # the response's score in position 1 minus in position 2
                 info["position_bias"] = sum(first) / len(first) - sum(second) / len(second)
-            for k in range(1, 7):
-                info[f"ranking_{k}"] = sum(round(v.ranking) == k for _, v in mine) / max(len(mine), 1)
+            for k in (*range(1, 7), "tie"):
+                info[f"ranking_{k}"] = sum(ranking_bucket(v.ranking) == k for _, v in mine) / max(len(mine), 1)
             scores.append(Score(rewards["reward"][i], f"judged {rewards['base'][i]:.2f}", info))
         return scores
+
+
+def ranking_bucket(ranking: float) -> int | str:
+    """The ranking value a verdict counts under in the `ranking_<k>` distribution: "tie" for 3.5
+    (no preference), else the nearest of 1..6 (halves away from the middle)."""
+    if ranking == DEFAULT_RANKING:
+        return "tie"
+    return min(6, max(1, int(ranking + 0.5) if ranking > DEFAULT_RANKING else int(ranking + 0.499)))
 
 
 def preferred_side(verdict: Judgement | None) -> float:
     """1.0: the verdict prefers response 1; 0.0: response 2; 0.5: neither (a tie, or no verdict).
     Its mean over a balanced set is the judge's position bias (0.5: none)."""
-    if verdict is None or verdict.ranking == 3.5:
+    if verdict is None or verdict.ranking == DEFAULT_RANKING:
         return 0.5
-    return float(verdict.ranking < 3.5)
+    return float(verdict.ranking < DEFAULT_RANKING)
 
 
 def position_consistency(tasks: list[dict], scores: list[Score]) -> dict:
     """Share of preference pairs, judged in both orders (task ids `X` and `X-swapped`, as
-    genrm.data.judge_tasks makes them), whose two verdicts prefer the same response."""
-    side = {t["id"]: s.info.get("first_preferred", 0.5) for t, s in zip(tasks, scores) if t["env"] == "pairwise_judge"}
+    genrm.data.judge_tasks makes them), whose two parsed verdicts agree: the same response
+    preferred, or a tie both times."""
+    side = {t["id"]: (s.info.get("format_ok", 0.0), s.info.get("first_preferred", 0.5))
+            for t, s in zip(tasks, scores) if t["env"] == "pairwise_judge"}
     pairs = [(side[i], side[i + "-swapped"]) for i in side if i + "-swapped" in side]
     if not pairs:
         return {}
-    consistent = sum(a != 0.5 and a + b == 1.0 for a, b in pairs)
+    consistent = sum(ok_a and ok_b and a + b == 1.0 for (ok_a, a), (ok_b, b) in pairs)
     return {"pairwise_judge/position_consistent": consistent / len(pairs)}
 
 
@@ -109,7 +119,7 @@ class PairwiseJudgeEnv(Environment):
         reward = judge_training_reward(pred, gold, self.format_penalty, self.ranking_weight)
         p = pred or DEFAULT  # unparseable: measured as the defaults it is replaced by
         info = {"format_ok": float(pred is not None),
-                "preferred_right": float(pred is not None and (p.ranking - 3.5) * (gold.ranking - 3.5) > 0),
+                "preferred_right": float(pred is not None and preferred_side(p) == preferred_side(gold)),
                 "first_preferred": preferred_side(pred),
                 "score_error": (abs(p.score_1 - gold.score_1) + abs(p.score_2 - gold.score_2)) / 2,
                 "ranking_error": abs(p.ranking - gold.ranking)}

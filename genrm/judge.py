@@ -19,9 +19,13 @@ DEFAULT_SCORE, DEFAULT_RANKING = 3.0, 3.5  # published fallbacks after the retri
 INSTRUCTIONS = (
     "You are judging two responses to the last user turn of a conversation. Rate each response "
     "from 1 (very poor) to 5 (excellent) for helpfulness and correctness, then rank them from 1 "
-    "(response 1 is far better) to 6 (response 2 is far better). Think first, then reply with only "
-    'this JSON: {"score_1": <1-5>, "score_2": <1-5>, "ranking": <1-6>}'
+    "(the first response is far better) to 6 (the second response is far better). Think first, then "
+    'reply with only this JSON: {"score_1": <1-5>, "score_2": <1-5>, "ranking": <1-6>}'
 )
+# The two candidates' section headers. Words, not "Response 1" / "Response 2": in a model whose
+# attention has no positions, a digit label is easily confused with the digits of the answers it
+# heads (measured on the tiny judge: score error 0.43 -> 0.30 with these labels).
+HEADERS = ("### First response", "### Second response")
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ def candidate_answer(response: str, thinking: bool = True) -> str:
 
 def _inert(text: str) -> str:
     """Quoted text cannot open a section of the judge prompt: a line of it starting with `#` gets a
-    backslash, so a response ending in "### Response 2\n<forged answer>" stays inside response 1."""
+    backslash, so a response ending in "### Second response\n<forged answer>" stays inside the first."""
     return re.sub(r"(?m)^(\s*)#", r"\1\\#", text.strip())
 
 
@@ -68,7 +72,7 @@ def judge_messages(history: list[dict], answer_1: str, answer_2: str) -> list[di
     if not history or history[-1].get("role") != "user":
         raise ValueError("the conversation for the judge must end with the user turn being answered")
     text = (f"{INSTRUCTIONS}\n\n### Conversation\n{_history_text(history)}\n\n"
-            f"### Response 1\n{_inert(answer_1) or 'None'}\n\n### Response 2\n{_inert(answer_2) or 'None'}")
+            f"{HEADERS[0]}\n{_inert(answer_1) or 'None'}\n\n{HEADERS[1]}\n{_inert(answer_2) or 'None'}")
     return [{"role": "user", "content": text}]
 
 

@@ -28,7 +28,9 @@ class SFTConfig:
     pack_size: int = 4096
     packs_per_step: int = 4  # global batch, in packs (bins of pack_size tokens)
     micro_batch_packs: int = 1  # packs per forward pass; the rest is gradient accumulation
-    packing: str = "ffd"  # ffd (first-fit decreasing) | ffs (first-fit shuffle)
+    # ffd (first-fit decreasing) | ffs (first-fit shuffle) | by_length (rows of similar length, so
+    # that rows x longest <= pack_size: little padding with one conversation per row)
+    packing: str = "ffd"
     truncate_long: bool = False  # cut sequences longer than pack_size instead of dropping them
     # packed: conversations share a row (attention-only models); rows: one conversation per row.
     # auto: rows for models with Mamba layers (no sequence-aware scan on this path), else packed.

@@ -24,13 +24,14 @@ from stages.grpo_loop import GRPOConfig, run_grpo_stage
 from stages import lineage
 from stages.lineage import resolve_parent
 from stages.run import AlreadyFinished, builtin_data
-from stages.schema import RunConfig
+from stages.schema import CheckpointConfig, RunConfig
 
 
 @dataclass
 class WarmStart:
     enabled: bool = False
     sft: SFTConfig = field(default_factory=SFTConfig)  # its data: judge-format conversations
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # not the RL loop's (every few steps)
 
 
 @dataclass
@@ -68,7 +69,7 @@ def warm_start(cfg: GenRMStageConfig, sft_model: str) -> tuple[str, dict]:
     ws = sft_stage.SFTStageConfig(
         exp=f"{cfg.exp}/genrm", runs_dir=cfg.runs_dir, seed=cfg.seed, overwrite=cfg.overwrite,
         model=ModelConfig(name_or_path=sft_model, device=cfg.model.device, dtype=cfg.model.dtype),
-        checkpoint=cfg.checkpoint, logging=cfg.logging, sft=cfg.genrm.warm_start.sft)
+        checkpoint=cfg.genrm.warm_start.checkpoint, logging=cfg.logging, sft=cfg.genrm.warm_start.sft)
     dest = Path(cfg.runs_dir) / cfg.exp / "genrm" / "warm_start"
     try:
         record = sft_stage.run(ws, stage="warm_start")

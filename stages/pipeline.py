@@ -20,6 +20,7 @@ from pathlib import Path
 
 from stages import checkpoint as ckpt
 from stages import lineage
+from stages.metrics import read_metrics
 
 STAGES = ["sft", "rlvr", "genrm", "rlhf"]
 
@@ -48,6 +49,20 @@ def wall_s(rec: dict) -> float | None:
         return None
 
 
+def ranking_spread(metrics_path: Path) -> dict:
+    """How the judge's verdicts spread over the rankings during RL (training steps, all comparisons
+    weighted alike): a judge that gives one ranking to nearly everything is not telling responses
+    apart. `judge_top_ranking_share`: the share of the most frequent one."""
+    rows = [r for r in read_metrics(metrics_path) if r["step"] > 0 and "genrm/ranking_1" in r]
+    if not rows:
+        return {}
+    keys = [k for k in rows[0] if k.startswith("genrm/ranking_")]
+    shares = {k.removeprefix("genrm/"): sum(r.get(k, 0.0) for r in rows) / len(rows) for k in keys}
+    top = max(shares, key=shares.get)
+    return {"judge_rankings": shares, "judge_top_ranking": top.removeprefix("ranking_"),
+            "judge_top_ranking_share": shares[top]}
+
+
 def summary(exp_dir: Path) -> dict:
     """Per stage: eval numbers (held-out accuracy per env, judge score, response length), the
     judge's own held-out numbers for the GenRM stage, wall time, run id and parent."""
@@ -69,6 +84,7 @@ def summary(exp_dir: Path) -> dict:
                 row["wall_s"] += warm
         if rec.get("judge"):
             row["judge"] = f"{rec['judge'].get('stage') or rec['judge'].get('backend')}:{rec['judge'].get('run_id')}"
+            row.update(ranking_spread(exp_dir / stage / "metrics.jsonl"))
         rows.append(row)
         chain.append(f"{stage}({rec.get('run_id')}) <- {row['parent']}")
     return {"exp": str(exp_dir), "stages": rows, "lineage": chain}
@@ -76,11 +92,13 @@ def summary(exp_dir: Path) -> dict:
 
 def table(s: dict) -> str:
     cols = ["stage", "math/accuracy", "genrm/accuracy", "response_length", "val/pairwise_judge/preferred_right",
-            "val/pairwise_judge/position_consistent", "val/pairwise_judge/format_ok", "wall_s", "run_id"]
+            "val/pairwise_judge/position_consistent", "val/pairwise_judge/format_ok", "judge_top_ranking_share",
+            "wall_s", "run_id"]
     names = {"math/accuracy": "held-out math acc", "genrm/accuracy": "judge score (1-5)",
              "response_length": "mean resp. tokens", "val/pairwise_judge/preferred_right": "judge picks right side",
              "val/pairwise_judge/position_consistent": "judge position consistency",
              "val/pairwise_judge/format_ok": "judge format ok", "wall_s": "wall time (s)",
+             "judge_top_ranking_share": "judge's most frequent ranking (share)",
              "val/pairwise_judge/accuracy": "judge training reward"}
     extra = sorted({k for r in s["stages"] for k in r if k.endswith("/accuracy") and k not in cols})
     cols[3:3] = extra
@@ -89,7 +107,12 @@ def table(s: dict) -> str:
         return "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(names.get(c, c) for c in cols) + " |", "|" + " --- |" * len(cols)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in s["stages"]]
+    def cell_of(r, c):
+        if c == "judge_top_ranking_share" and c in r:
+            return f"{r['judge_top_ranking']}: {r[c]:.2f}"
+        return cell(r.get(c))
+
+    lines += ["| " + " | ".join(cell_of(r, c) for c in cols) + " |" for r in s["stages"]]
     return "\n".join(lines + ["", "Lineage: " + "; ".join(s["lineage"])])
 
 

@@ -20,7 +20,7 @@ from common.distributed import Dist, full_model_state, full_optimizer_state, loa
 from common.models import adamw, build_model, load_tokenizer, param_counts, resolve_device
 from sft.batching import Sequence, make_batch, tokenize_rows
 from sft.data import DataError, load_mixture
-from sft.packing import efficiency, pack
+from sft.packing import STRATEGIES, efficiency, pack
 from sft.trainer import SFTConfig, choose_attention, isolation_mode, lr_multiplier, train_step, validation_loss
 from stages import checkpoint as ckpt
 from stages.cli import UserError, main_for
@@ -40,8 +40,8 @@ class SFTStageConfig(RunConfig):
 class PackStream:
     """Bins of sequence indices, epoch after epoch; its position is the resume state."""
 
-    def __init__(self, seqs: list[Sequence], cfg: SFTConfig, seed: int):
-        self.seqs, self.cfg, self.seed = seqs, cfg, seed
+    def __init__(self, seqs: list[Sequence], cfg: SFTConfig, seed: int, mode: str = "packed"):
+        self.seqs, self.cfg, self.seed, self.rows = seqs, cfg, seed, mode == "rows"
         self.lengths = [len(s.input_ids) for s in seqs]
         self.epoch, self.next_bin = 0, 0
         self._bins: list[list[int]] | None = None
@@ -52,7 +52,7 @@ class PackStream:
                    truncate=self.cfg.truncate_long)
         if not res.bins:
             raise UserError(f"sft.pack_size={self.cfg.pack_size}: every sequence is longer; nothing to train")
-        self.stats = {"packing_efficiency_epoch": efficiency(res, self.lengths, self.cfg.pack_size),
+        self.stats = {"packing_efficiency_epoch": efficiency(res, self.lengths, self.cfg.pack_size, rows=self.rows),
                       "dropped_too_long": len(res.dropped), "truncated": len(res.truncated)}
         bins = res.bins[:]
         random.Random(self.seed + self.epoch).shuffle(bins)
@@ -117,6 +117,8 @@ def run(cfg: SFTStageConfig, stage: str = "sft") -> dict | None:
     device = dist.device(resolve_device(cfg.model.device))
     if dist.active and cfg.model.lora.enabled:
         raise UserError("model.lora.enabled with more than one process is not supported yet; use one process")
+    if s.packing not in STRATEGIES:
+        raise UserError(f"sft.packing={s.packing!r}: one of {', '.join(STRATEGIES)}")
     if s.packs_per_step % dist.world:
         raise UserError(f"sft.packs_per_step={s.packs_per_step} must be a multiple of the {dist.world} processes")
     tok = load_tokenizer(cfg.model)
@@ -140,8 +142,8 @@ def run(cfg: SFTStageConfig, stage: str = "sft") -> dict | None:
         val_seqs, _ = tokenize_rows(tok, data.val, skip_malformed=s.data.skip_malformed)
     except DataError as e:
         raise UserError(str(e)) from None
-    stream = PackStream(train_seqs, s, cfg.seed)
-    val_bins = pack([len(v.input_ids) for v in val_seqs], s.pack_size, truncate=s.truncate_long).bins
+    stream = PackStream(train_seqs, s, cfg.seed, mode)
+    val_bins = pack([len(v.input_ids) for v in val_seqs], s.pack_size, s.packing, truncate=s.truncate_long).bins
     val_batches = micro_batches([[val_seqs[i] for i in b] for b in val_bins], s, mode, tok.pad_token_id)
     log.info("data: %d train rows -> %d sequences, %d val sequences, %d malformed skipped, augment %s",
              len(data.train), len(train_seqs), len(val_seqs), data.skipped + aug["skipped"], aug)

@@ -113,7 +113,7 @@ def test_gradient_accumulation_is_exact():
     """Loss/grads with 4 micro-batches equal one batch of 4: normalised by the global token count."""
     model, tok = model_for("tiny_qwen3")
     seqs, _ = tokenize_rows(tok, rows_from(16, seed=2))
-    packs = [make_batch(seqs[i: i + 4], "packed", 512, tok.pad_token_id) for i in range(0, 16, 4)]
+    packs = [make_batch(seqs[i: i + 4], "packed", 1024, tok.pad_token_id) for i in range(0, 16, 4)]
     whole = {k: torch.cat([p[k] for p in packs]) for k in packs[0]}
     results = []
     for mbs in (packs, [whole]):
@@ -188,3 +188,39 @@ def test_parquet_datasets_dir_mixing_and_split(tmp_path):
     assert len(data.train) == 18 + (n_ds - round(n_ds * 0.1)) + 54
     assert any(r.tools for r in data.train)  # tools decoded from the parquet string column
     assert [r.origin for r in load_mixture(cfg, 0).train] == [r.origin for r in data.train]  # seeded
+
+
+def test_default_math_answers_carry_verbosity_for_rlhf_to_remove():
+    """The generated SFT answers come in the ANSWER_STYLES at their shares; the math verifier credits
+    the concise boxed and the padded (boxed inside filler) ones alike, so RLVR keeps the padding and
+    only the judge (RLHF) has a reason to drop it, while the unboxed words style gets 0."""
+    from common.synthetic import ANSWER_SHARES, ANSWER_STYLES
+    from grpo.envs.math_env import MathEnv
+
+    rows = [r for r in sft_rows(3000, 0) if r["messages"][-1].get("reasoning_content")]
+    seen = {s: 0 for s in ANSWER_STYLES}
+    env = MathEnv()
+    for r in rows:
+        answer, content = r["messages"][-1]["reasoning_content"].rsplit("= ", 1)[1], r["messages"][-1]["content"]
+        style = next(s for s, f in ANSWER_STYLES.items() if content == f.format(answer))
+        seen[style] += 1
+        if seen[style] <= 20:
+            reward = env.score({"answer": answer}, "x</think>" + content).reward
+            assert reward == (0.0 if style == "words" else 1.0), content
+    for style, share in ANSWER_SHARES.items():
+        assert abs(seen[style] / len(rows) - share) < 0.03, (style, seen)
+
+
+def test_rows_bins_group_similar_lengths_within_their_padded_slots():
+    """One conversation per row: a bin costs rows x its longest row. by_length keeps that within the
+    slots, keeps every sequence exactly once, and pads far less than first-fit by tokens."""
+    rng = random.Random(0)
+    lengths = [rng.choice([rng.randint(40, 80), rng.randint(280, 380), rng.randint(100, 160)]) for _ in range(2000)]
+    lengths += [700, 0]
+    res = pack(lengths, 512, "by_length")
+    assert res.dropped == [2000] and sorted(i for b in res.bins for i in b) == [i for i in range(2000) if lengths[i]]
+    assert all(len(b) * max(lengths[i] for i in b) <= 512 for b in res.bins)
+    rows_eff = efficiency(res, lengths, 512, rows=True)
+    by_tokens = pack(lengths, 512, "ffd")
+    assert rows_eff > 0.95 > efficiency(by_tokens, lengths, 512, rows=True) + 0.1
+    assert pack(lengths, 512, "by_length", truncate=True).truncated == [2000]
