@@ -345,3 +345,6 @@ def test_judge_warm_start_rows_mix_verdicts_and_drills():
             assert len(shown) == len(notes)
             for s, n in zip(shown, notes):
                 assert s.startswith(n.split(":")[0] + " response\n") and n.rsplit(" ", 1)[1] in s.lower()
+    lookups = [r["messages"][1]["reasoning_content"] for r in drills if r["messages"][0]["content"].startswith("List")]
+    one_style = [n for n in lookups if len({item.split(" ")[1] for item in n.rstrip(".").split(". ")}) == 1]
+    assert len(one_style) > 0.5 * len(lookups)  # mostly one style: only the number tells the answers apart

@@ -224,3 +224,5 @@ def test_rows_bins_group_similar_lengths_within_their_padded_slots():
     by_tokens = pack(lengths, 512, "ffd")
     assert rows_eff > 0.95 > efficiency(by_tokens, lengths, 512, rows=True) + 0.1
     assert pack(lengths, 512, "by_length", truncate=True).truncated == [2000]
+    with pytest.raises(ValueError, match="ffd, ffs, by_length"):
+        pack(lengths, 512, "by_row")
