@@ -8,6 +8,9 @@ in `grpo.env_modules`):
 """
 from __future__ import annotations
 
+import math
+from collections import Counter
+
 from chat_template.parse import parse_response
 from genrm.aggregate import RewardConfig, comparison_pairs, group_rewards
 from genrm.judge import DEFAULT, DEFAULT_RANKING, Judgement, judge_messages, judge_training_reward, parse_judgement
@@ -68,8 +71,9 @@ class GenRMEnv(Environment):
                     "parse_failure": sum(not v.parsed for _, v in mine) / max(len(mine), 1)}
             if first and second:  # the response's score in position 1 minus in position 2
                 info["position_bias"] = sum(first) / len(first) - sum(second) / len(second)
+            buckets = Counter(ranking_bucket(v.ranking) for _, v in mine)
             for k in (*range(1, 7), "tie"):
-                info[f"ranking_{k}"] = sum(ranking_bucket(v.ranking) == k for _, v in mine) / max(len(mine), 1)
+                info[f"ranking_{k}"] = buckets[k] / max(len(mine), 1)
             scores.append(Score(rewards["reward"][i], f"judged {rewards['base'][i]:.2f}", info))
         return scores
 
@@ -79,7 +83,8 @@ def ranking_bucket(ranking: float) -> int | str:
     (no preference), else the nearest of 1..6 (halves away from the middle)."""
     if ranking == DEFAULT_RANKING:
         return "tie"
-    return min(6, max(1, int(ranking + 0.5) if ranking > DEFAULT_RANKING else int(ranking + 0.499)))
+    nearest = math.floor(ranking + 0.5) if ranking > DEFAULT_RANKING else math.ceil(ranking - 0.5)
+    return min(6, max(1, nearest))
 
 
 def preferred_side(verdict: Judgement | None) -> float:
